@@ -1,0 +1,347 @@
+"""The QEMU builder's fast parts, on small real inputs; the cached path on the real series."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness.build import (
+    CONFIGURE_FLAGS,
+    BuildInputError,
+    build_qemu,
+    cache_key,
+    cached_binary,
+    expand_patches,
+    inspect_source,
+    prepare_source,
+    split_mbox,
+)
+from harness.errors import TapmigError
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "qemu"
+
+GOOD = b"""--- a/hw/net.c
++++ b/hw/net.c
+@@ -1,3 +1,3 @@
+ int a;
+-int b;
++int b2;
+ int c;
+"""
+# A hunk whose context is not in the file, plus a file that does not exist.
+BAD = b"""--- a/hw/net.c
++++ b/hw/net.c
+@@ -1,3 +1,3 @@
+ int x;
+-int y;
++int y2;
+ int z;
+--- a/net/missing.c
++++ b/net/missing.c
+@@ -1 +1 @@
+-old
++new
+"""
+
+
+def _message(n: int, subject: str, diff: bytes) -> bytes:
+    head = (
+        f"From {n:040x} Mon Sep 17 00:00:00 2001\n"
+        f"From: Dev <dev@example.org>\nDate: Tue, 2 Jan 2024 10:00:00 +0100\n"
+        f"Subject: [PATCH {n}/2] {subject}\n\nWhy it matters.\n"
+        f"From here on a body line that is no separator.\n---\n"
+    ).encode()
+    return head + diff + b"-- \n2.39.2\n\n"
+
+
+SECOND = b"""--- a/hw/net.c
++++ b/hw/net.c
+@@ -1,3 +1,3 @@
+ int a;
+ int b2;
+-int c;
++int c2;
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A tiny fake QEMU tree: a configure file and one C file."""
+    src = tmp_path / "qemu"
+    (src / "hw").mkdir(parents=True)
+    (src / "configure").write_text("#!/bin/sh\nexit 0\n")
+    (src / "configure").chmod(0o755)
+    (src / "hw" / "net.c").write_text("int a;\nint b;\nint c;\n")
+    return src
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _prepare(source: Path, patches: list[Path], tmp_path: Path,
+             log: Callable[[str], None] = lambda _: None) -> Path:
+    """prepare_source into a fresh work dir, its tool output into a real log file."""
+    work = tmp_path / "work"
+    work.mkdir()
+    with (tmp_path / "build.log").open("wb") as logf:
+        return prepare_source(inspect_source(source), patches, work, logf, log)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_cache_key_is_stable_and_follows_each_input(tree: Path, tmp_path: Path) -> None:
+    patch = _write(tmp_path / "a.patch", GOOD)
+    src = inspect_source(tree)
+    key, inputs = cache_key(src, [patch], CONFIGURE_FLAGS)
+    assert key == cache_key(inspect_source(tree), [patch], list(CONFIGURE_FLAGS))[0]
+    assert inputs["configure"] == list(CONFIGURE_FLAGS)
+
+    other = _write(tmp_path / "b.patch", GOOD.replace(b"b2", b"b3"))
+    assert cache_key(src, [other], CONFIGURE_FLAGS)[0] != key
+    assert cache_key(src, [patch, patch], CONFIGURE_FLAGS)[0] != key
+    assert cache_key(src, [patch], [*CONFIGURE_FLAGS, "--enable-debug"])[0] != key
+    (tree / "hw" / "net.c").write_text("int a;\nint b;\nint c;\nint d;\n")
+    assert cache_key(inspect_source(tree), [patch], CONFIGURE_FLAGS)[0] != key
+
+
+def test_cache_key_ignores_build_dirs_and_follows_tarball_bytes(
+    tree: Path, tmp_path: Path
+) -> None:
+    key = cache_key(inspect_source(tree), [], CONFIGURE_FLAGS)[0]
+    (tree / "build" / "meson-private").mkdir(parents=True)
+    (tree / "build" / "build.ninja").write_text("rule cc\n")
+    assert cache_key(inspect_source(tree), [], CONFIGURE_FLAGS)[0] == key
+
+    tarballs = []
+    for name in ("one", "two"):
+        (tree / "VERSION").write_text(name)
+        tarballs.append(tmp_path / f"{name}.tar.gz")
+        with tarfile.open(tarballs[-1], "w:gz") as tar:
+            tar.add(tree, arcname="qemu-1.0")
+    keys = {cache_key(inspect_source(t), [], CONFIGURE_FLAGS)[0] for t in tarballs}
+    assert len(keys) == 2
+
+
+def test_split_mbox_keeps_two_messages_in_order() -> None:
+    mbox = _message(1, "net: first", GOOD) + _message(2, "net: second", SECOND)
+    parts = split_mbox(mbox)
+    assert len(parts) == 2
+    assert b"net: first" in parts[0] and b"int b2;" in parts[0]
+    assert b"net: second" in parts[1] and b"int c2;" in parts[1]
+    assert b"".join(parts) == mbox
+    assert split_mbox(GOOD) == [GOOD]
+
+
+def test_mbox_applies_message_by_message(tree: Path, tmp_path: Path) -> None:
+    cover = (b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+             b"Subject: [PATCH 0/2] cover letter\n\nNo diff here.\n")
+    mbox = _write(tmp_path / "series.mbox",
+                  cover + _message(1, "first", GOOD) + _message(2, "second", SECOND))
+    lines: list[str] = []
+    out = _prepare(tree, [mbox], tmp_path, lines.append)
+    assert (out / "hw" / "net.c").read_text() == "int a;\nint b2;\nint c2;\n"
+    assert any("no diff in it, skipped" in line for line in lines)
+    assert any("[3/3]" in line and "second" in line for line in lines)
+
+
+def test_good_patch_applies_to_a_copy_and_leaves_the_source_alone(
+    tree: Path, tmp_path: Path
+) -> None:
+    before = _snapshot(tree)
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    _write(patches / "0001-net.patch", GOOD)
+    (patches / "README").write_text("not a patch")
+    out = _prepare(tree, expand_patches([patches]), tmp_path)
+    assert (out / "hw" / "net.c").read_text() == "int a;\nint b2;\nint c;\n"
+    assert (out / "configure").stat().st_mode & 0o111
+    assert _snapshot(tree) == before
+    assert not list(tree.rglob("*.orig")) and not list(tree.rglob("*.rej"))
+
+
+def test_bad_patch_names_the_patch_and_the_files(tree: Path, tmp_path: Path) -> None:
+    bad = _write(tmp_path / "0002-bad.patch", BAD)
+    with pytest.raises(TapmigError) as err:
+        _prepare(tree, [bad], tmp_path)
+    msg = str(err.value)
+    assert "0002-bad.patch" in msg
+    assert "hw/net.c (hunk FAILED)" in msg
+    assert "net/missing.c (no such file)" in msg
+    assert "\n" not in msg
+
+
+def test_patch_applied_twice_is_reported(tree: Path, tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.patch", GOOD)
+    with pytest.raises(TapmigError, match=r"good.patch does not apply: hw/net.c \(reversed"):
+        _prepare(tree, [good, good], tmp_path)
+
+
+def test_git_tree_builds_committed_head(tree: Path, tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tree), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "base")
+    src = inspect_source(tree)
+    assert src.kind == "git" and len(src.commit) == 40
+    (tree / "hw" / "net.c").write_text("uncommitted\n")
+    assert inspect_source(tree).digest == src.digest
+    lines: list[str] = []
+    out = _prepare(tree, [], tmp_path, lines.append)
+    assert (out / "hw" / "net.c").read_text() == "int a;\nint b;\nint c;\n"
+    assert any("uncommitted changes" in line for line in lines)
+
+
+def test_bad_inputs_are_input_errors(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(BuildInputError, match="does not exist"):
+        inspect_source(tmp_path / "nowhere")
+    (tree / "configure").unlink()
+    with pytest.raises(BuildInputError, match="not a QEMU source tree"):
+        inspect_source(tree)
+    with pytest.raises(BuildInputError, match=r"not a \.tar\.xz"):
+        inspect_source(_write(tmp_path / "qemu.zip", b"PK"))
+    with pytest.raises(BuildInputError, match=r"patch .*nope\.patch does not exist"):
+        expand_patches([tmp_path / "nope.patch"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BuildInputError, match="has no"):
+        expand_patches([tmp_path / "empty"])
+
+
+def test_tarball_without_configure_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "notqemu").mkdir()
+    (tmp_path / "notqemu" / "README").write_text("hello")
+    tarball = tmp_path / "notqemu.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tmp_path / "notqemu", arcname="notqemu")
+    with pytest.raises(BuildInputError, match="not a QEMU tarball"):
+        _prepare(tarball, [], tmp_path)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "harness.build", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=60, check=False)
+
+
+def test_cli_missing_source_exits_2_with_one_line(tmp_path: Path) -> None:
+    proc = _cli("--source", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "cache"))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cli_non_qemu_source_and_no_source_exit_2(tmp_path: Path) -> None:
+    proc = _cli("--source", str(tmp_path))
+    assert proc.returncode == 2 and "no configure" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    proc = _cli()
+    assert proc.returncode == 2 and "--source" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.build
+def test_cached_shared_series_returns_at_once() -> None:
+    """The cached path on the real inputs; building here would take minutes, so skip."""
+    source = SHARED / "qemu_10.2.2+ds.orig.tar.xz"
+    patches = [SHARED / "build-fixes" / "debian-pc-bios-meson.patch", SHARED / "series"]
+    if not source.is_file():
+        pytest.skip(f"{source} is missing")
+    if cached_binary(source, patches) is None:
+        pytest.skip("no cached build of the shared series; run ci/build-qemu first")
+    lines: list[str] = []
+    start = time.monotonic()
+    binary = build_qemu(source, patches, log=lines.append)
+    assert time.monotonic() - start < 10
+    assert lines == [f"cached: {binary}"]
+    version = subprocess.run([str(binary), "-version"], capture_output=True, text=True,
+                             timeout=30, check=True)
+    assert "10.2.2" in version.stdout
+
+
+FAKE_CONFIGURE = """#!/bin/sh
+# Stands in for QEMU's configure: a build.ninja whose one target is a tiny 'emulator'.
+case "$*" in
+  *--enable-broken*) echo "ERROR: Dependency glib-2.0 not found"; exit 1;;
+  *--enable-ds-bug*) echo "../x/pc-bios/meson.build:22:25: ERROR: File edk2.fd.bz2 does not exist."
+                     echo "ERROR: meson setup failed"; exit 1;;
+esac
+cat > build.ninja <<'NINJA'
+rule emu
+  command = sleep $delay && $
+    printf '#!/bin/sh\\necho "QEMU emulator version 0.0.1"\\n' > $out && chmod +x $out
+build qemu-system-x86_64: emu
+  delay = 1
+build other: emu
+  delay = 0
+NINJA
+"""
+
+
+@pytest.fixture
+def fake(tree: Path, tmp_path: Path) -> Path:
+    """A cache whose meson venv is already there, so no test reaches PyPI."""
+    (tree / "configure").write_text(FAKE_CONFIGURE)
+    venv = tmp_path / "cache" / "pyvenv-meson-1.9.0"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python3").symlink_to(sys.executable)
+    (venv / ".tapmig-complete").write_text("ok\n")
+    return tmp_path / "cache"
+
+
+def test_build_then_cached_on_a_fake_tree(tree: Path, fake: Path, tmp_path: Path) -> None:
+    patch = _write(tmp_path / "a.patch", GOOD)
+    lines: list[str] = []
+    binary = build_qemu(tree, [patch], cache=fake, jobs=1, log=lines.append)
+    assert binary.parent.name == "bin" and (binary.parent.parent / "DONE").is_file()
+    assert "0.0.1" in subprocess.run([binary], capture_output=True, text=True).stdout
+    assert any(line.startswith("build: [1/1] 100%") for line in lines)
+    assert not (binary.parent.parent / "bin" / "other").exists()
+    assert [p.name for p in (fake / "qemu").iterdir() if ".tmp-" in p.name] == []
+    again: list[str] = []
+    assert build_qemu(tree, [patch], cache=fake, log=again.append) == binary
+    assert again == [f"cached: {binary}"]
+    assert cached_binary(tree, [patch], cache=fake) == binary
+    assert cached_binary(tree, [], cache=fake) is None
+
+
+def test_failed_configure_keeps_log_and_leaves_no_build(tree: Path, fake: Path) -> None:
+    with pytest.raises(TapmigError) as err:
+        build_qemu(tree, [], cache=fake, extra_configure=["--enable-broken"], log=print)
+    msg = str(err.value)
+    assert "configure failed (ERROR: Dependency glib-2.0 not found)" in msg
+    log = Path(msg.rsplit("see ", 1)[1])
+    assert log.name.endswith(".failed.log") and "glib-2.0" in log.read_text()
+    assert sorted(p.name for p in (fake / "qemu").iterdir()) == sorted(
+        [log.name, log.name.replace(".failed.log", ".lock")])
+
+
+def test_pc_bios_meson_failure_hints_at_the_build_fix(tree: Path, fake: Path) -> None:
+    with pytest.raises(TapmigError, match=r"pc-bios/meson\.build.*debian-pc-bios-meson\.patch"):
+        build_qemu(tree, [], cache=fake, extra_configure=["--enable-ds-bug"], log=print)
+
+
+def test_parallel_builds_of_one_key_build_once(tree: Path, fake: Path) -> None:
+    args = ["--source", str(tree), "--cache", str(fake)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-m", "harness.build", *args], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert results[0][0] == results[1][0] and results[0][0].strip().endswith(
+        "qemu-system-x86_64")
+    assert sum("configure:" in err for _, err in results) == 1
