@@ -29,6 +29,7 @@ class RunRecord:
     guest: str
     vhost: bool = False
     queues: int = 4
+    probe: str = "tapmig"
     status: str = "ok"
     error: str | None = None
     # The four numbers.
@@ -37,7 +38,8 @@ class RunRecord:
     downtime_ms: float | None = None
     stop_resume_ms: float | None = None
     # How far the figures can be trusted.
-    resolution_ms: float | None = None
+    resolution_ms: float | None = None  # widest probe spacing inside the blackout
+    interval_ms: float | None = None  # achieved probe interval over the run
     late_replies: int | None = None
     blackout_start: float | None = None
     blackout_end: float | None = None

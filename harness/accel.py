@@ -1,0 +1,92 @@
+"""Choosing KVM or TCG, by proof rather than by the presence of /dev/kvm.
+
+/dev/kvm can open and still be useless: under some nested paravirtual
+hypervisors a stock kernel hangs before printing a single line. So `auto`
+boots the guest kernel briefly under KVM and waits for its first printk; no
+line within the probe timeout means TCG, with the reason printed. The verdict
+is cached per (QEMU binary, kernel, host kernel), so only the first run pays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.errors import TapmigError
+from harness.guest import Guest
+from harness.vm import VM, VMError
+
+KVM = Path("/dev/kvm")
+PROBE_TIMEOUT = 10.0
+ACCELS = ("auto", "kvm", "tcg")
+
+
+def firmware_args() -> list[str]:
+    """A QEMU built from Debian's +ds tarball ships no firmware: point it at Debian's."""
+    args = []
+    for d in ("/usr/share/seabios", "/usr/share/qemu"):
+        if os.path.isdir(d):
+            args += ["-L", d]
+    return args
+
+
+def kvm_problem() -> str | None:
+    if not KVM.exists():
+        return f"{KVM} is missing"
+    try:
+        os.close(os.open(KVM, os.O_RDWR))
+    except OSError as exc:
+        return f"{KVM} cannot be opened: {exc.strerror}"
+    return None
+
+
+def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Boot the guest kernel under KVM until its first printk; None if it printed."""
+    with tempfile.TemporaryDirectory(prefix="tapmig-kvmprobe-") as tmp:
+        vm = VM("kvm-probe", qemu, [
+            "-machine", "q35", "-accel", "kvm", "-m", "256", "-nodefaults", "-display", "none",
+            "-no-reboot", *firmware_args(), "-kernel", str(guest.kernel),
+            "-initrd", str(guest.initrd), "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1",
+        ], Path(tmp))
+        try:
+            with vm:
+                vm.wait_console(r"Linux version", timeout=timeout)
+        except VMError:
+            err = vm.stderr().strip().splitlines()
+            detail = f" (QEMU said: {err[-1]})" if err else ""
+            return (f"{KVM} opens, but a probe boot of {guest.name} under KVM printed no kernel "
+                    f"line within {timeout:.0f}s{detail}; this host's KVM cannot run a stock "
+                    "kernel (nested or paravirtual hypervisor?)")
+    return None
+
+
+def choose(requested: str, qemu: str, guest: Guest, cache: Path,
+           log: Callable[[str], None] = print) -> tuple[str, str]:
+    """(accelerator, reason): why this run uses what it uses."""
+    if requested not in ACCELS:
+        raise TapmigError(f"unknown accelerator {requested!r}; use one of {', '.join(ACCELS)}")
+    if requested == "tcg":
+        return "tcg", "TCG requested with --accel tcg"
+    problem = kvm_problem()
+    if problem is None:
+        st = os.stat(qemu)
+        key = hashlib.sha256(json.dumps([qemu, st.st_size, st.st_mtime, str(guest.kernel),
+                                         platform.release()]).encode()).hexdigest()[:16]
+        stamp = cache / "accel" / f"{key}.json"
+        if stamp.exists():
+            problem = json.loads(stamp.read_text())["problem"]
+        else:
+            log("probing whether KVM can boot the guest (once per QEMU and kernel)...")
+            problem = probe_boot(qemu, guest)
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps({"problem": problem}))
+    if problem is None:
+        return "kvm", "KVM boots the guest"
+    if requested == "kvm":
+        raise TapmigError(f"--accel kvm, but {problem}; use --accel auto or tcg")
+    return "tcg", f"TCG, because {problem}"

@@ -1,0 +1,165 @@
+"""The `tapmig` command: argument parsing, one-line errors, exit codes.
+
+Exit codes: 0 success, 1 a run or check failed, 2 bad input or an unusable
+host, 130 interrupted (after everything was cleaned up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from harness import ping
+from harness.errors import TapmigError
+from harness.guest import build_embedded, default_cache
+from harness.probe import probe
+from harness.record import MODES, RunRecord
+from harness.scenario import Config, run
+
+
+def _out_dir(value: str) -> Path:
+    return Path(value)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = Config(qemu=args.qemu, mode=args.mode, accel=args.accel, vhost=args.vhost,
+                 queues=args.queues, ram_mib=args.ram, out=args.out, cache=args.cache,
+                 epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout, probe=args.probe)
+    rec = run(cfg, log=lambda msg: print(f"tapmig: {msg}", file=sys.stderr))
+    print(format_record(rec))
+    if rec.status != "ok":
+        first, _, detail = (rec.error or "unknown failure").partition("\n")
+        print(f"tapmig: error: {first}", file=sys.stderr)
+        if detail:
+            print("  " + detail.replace("\n", "\n  "), file=sys.stderr)
+        return 2 if rec.status == "unsupported" else 1
+    return 0
+
+
+def format_record(rec: RunRecord) -> str:
+    def num(v: float | int | None, unit: str = "") -> str:
+        return "-" if v is None else f"{v:g}{unit}"
+
+    rows = [
+        ("status", rec.status),
+        ("mode", f"{rec.mode} (queues={rec.queues}, vhost={'on' if rec.vhost else 'off'})"),
+        ("QEMU", f"{rec.qemu_version} {rec.qemu}"),
+        ("accelerator", f"{rec.accel}: {rec.accel_reason}"),
+        ("guest", rec.guest),
+        ("ping blackout", f"{num(rec.blackout_ms, ' ms')} (resolution "
+                          f"{num(rec.resolution_ms, ' ms')}, {rec.probe} probe every "
+                          f"{num(rec.interval_ms, ' ms')})"),
+        ("lost packets", f"{num(rec.lost)} (late replies: {num(rec.late_replies)})"),
+        ("QMP downtime", num(rec.downtime_ms, " ms")),
+        ("STOP -> RESUME", num(rec.stop_resume_ms, " ms")),
+        ("run time", num(rec.duration_s, " s")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    window = None
+    if args.window:
+        try:
+            a, b = (float(x) for x in args.window.split(","))
+        except ValueError as exc:
+            raise TapmigError(f"--window {args.window!r}: give STOP,RESUME as two unix "
+                              "timestamps, e.g. 1795650270.89,1795650270.95") from exc
+        window = (a, b)
+    print(json.dumps(ping.analyze_file(args.ping_log, window).to_json(), indent=2))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    caps = probe(args.qemu)
+    if args.json:
+        print(json.dumps(caps.to_json(), indent=2))
+        return 0
+    yes = {True: "yes", False: "NO"}
+    print(f"QEMU {caps.version} ({caps.qemu})")
+    print(f"  migration parameter 'local':        {yes[caps.local]}")
+    print(f"  tap option 'incoming-fds':          {yes[caps.incoming_fds]}")
+    print(f"  virtio-net-pci 'local-migration':   {yes[caps.local_migration]}")
+    print(f"  capability 'x-ignore-shared':       {yes[caps.x_ignore_shared]}")
+    print(f"  vhost-net on this host:             "
+          f"{'yes' if caps.vhost_net is None else 'NO: ' + caps.vhost_net}")
+    missing = caps.missing_for_local()
+    print("  local migration:                    "
+          + ("supported" if not missing else "NOT supported: missing " + ", ".join(missing)))
+    return 0
+
+
+def cmd_guest_build(args: argparse.Namespace) -> int:
+    guest = build_embedded(args.cache, log=lambda m: print(f"tapmig: {m}", file=sys.stderr))
+    print(f"{guest.name}\n  kernel {guest.kernel}\n  initrd {guest.initrd}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tapmig", description=__doc__.splitlines()[0] if __doc__
+                                else None)
+    p.add_argument("--cache", type=Path, default=default_cache(),
+                   help="cache directory (default: $TAPMIG_CACHE or ~/.cache/tapmig)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run one migration and print its numbers")
+    r.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary to test")
+    r.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    r.add_argument("--mode", choices=MODES, default="new-tap")
+    r.add_argument("--vhost", action="store_true", help="vhost=on (needs /dev/vhost-net)")
+    r.add_argument("--queues", type=int, default=4)
+    r.add_argument("--ram", type=int, default=256, help="guest RAM in MiB")
+    r.add_argument("--out", type=_out_dir, help="write record.json and logs here")
+    r.add_argument("--epsilon-ms", type=float, default=50.0,
+                   help="slack around [STOP, RESUME] for the blackout (default 50)")
+    r.add_argument("--boot-timeout", type=float, default=60.0)
+    r.add_argument("--probe", choices=ping.PROBES, default="tapmig",
+                   help="tapmig: 1 ms pace through the outage (default); iputils: ping -D -O")
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("analyze", help="analyse a saved `ping -D -O` log, as JSON")
+    a.add_argument("ping_log", type=Path)
+    a.add_argument("--window", help="STOP,RESUME unix timestamps: pick the hole overlapping them")
+    a.set_defaults(func=cmd_analyze)
+
+    pr = sub.add_parser("probe", help="what this QEMU can do (local migration, vhost...)")
+    pr.add_argument("--qemu", default="qemu-system-x86_64")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_probe)
+
+    g = sub.add_parser("guest", help="the embedded guest")
+    gs = g.add_subparsers(dest="guest_command", required=True)
+    gb = gs.add_parser("build", help="build (or find cached) the embedded guest")
+    gb.set_defaults(func=cmd_guest_build)
+    return p
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every context manager tears down."""
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("tapmig: interrupted; everything it started was cleaned up", file=sys.stderr)
+        return 130
+    except TapmigError as exc:
+        first, _, detail = str(exc).partition("\n")
+        print(f"tapmig: error: {first}", file=sys.stderr)
+        if detail:
+            print("  " + detail.replace("\n", "\n  "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The embedded default guest: Debian's current kernel plus a busybox initramfs.
+
+Built offline from Debian packages only, so tapmig needs no image download.
+The kernel is resolved through apt at build time (``linux-image-amd64`` points
+at the current ABI), and the result is cached under a key made of every input,
+so a kernel security update produces a new guest instead of a stale one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import TapmigError
+
+RECIPE = "tapmig-guest/2"
+KERNEL_META = "linux-image-amd64"
+BUSYBOX_PKG = "busybox-static"
+# virtio_pci finds the NIC, virtio_net drives it; their dependencies come from modules.dep.
+MODULES = ("virtio_pci", "virtio_net")
+READY = "TAPMIG-GUEST-READY"
+PROMPT = "tapmig# "
+
+INIT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /etc/modules.order); do insmod /lib/modules/$m || echo "insmod $m failed"; done
+ip link set lo up
+addr=""
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in tapmig.ip=*) addr="${{arg#tapmig.ip=}}" ;; esac
+done
+if [ -n "$addr" ]; then
+  ip addr add "$addr" dev eth0 && ip link set eth0 up || echo "eth0 setup failed"
+fi
+echo "{READY} $(cat /sys/class/net/eth0/address 2>/dev/null)"
+export PS1='{PROMPT}'
+exec setsid cttyhack sh -i
+"""
+
+
+@dataclass(frozen=True)
+class Guest:
+    """What a VM needs to boot a guest and know that it is up."""
+
+    name: str
+    kernel: Path
+    initrd: Path
+    ready: str = READY
+    prompt: str = PROMPT
+
+    def cmdline(self, ip_cidr: str) -> str:
+        # panic=-1 with -no-reboot turns a guest panic into a QEMU exit we see at once.
+        return f"console=ttyS0 quiet panic=-1 tapmig.ip={ip_cidr}"
+
+
+def default_cache() -> Path:
+    """Outside the clone, so a fresh checkout reuses earlier builds."""
+    if env := os.environ.get("TAPMIG_CACHE"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tapmig"
+
+
+def _apt_candidate(pkg: str) -> str:
+    out = _run(["apt-cache", "policy", pkg]).splitlines()
+    for line in out:
+        if line.strip().startswith("Candidate:"):
+            version = line.split(":", 1)[1].strip()
+            if version and version != "(none)":
+                return version
+    raise TapmigError(f"apt knows no candidate for {pkg}; run 'apt-get update' and retry")
+
+
+def _kernel_package() -> str:
+    """The ABI package that linux-image-amd64 currently depends on."""
+    for line in _run(["apt-cache", "depends", KERNEL_META]).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "Depends:" and parts[1].startswith("linux-image-"):
+            return parts[1]
+    raise TapmigError(f"cannot resolve {KERNEL_META}; run 'apt-get update' and retry")
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    try:
+        res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError as exc:
+        raise TapmigError(f"{argv[0]} not found; the embedded guest is built with apt on "
+                          "Debian (install apt, dpkg and kmod)") from exc
+    if res.returncode != 0:
+        msg = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise TapmigError(f"{' '.join(argv)} failed: {msg[0]}")
+    return res.stdout
+
+
+def module_order(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
+    """Module paths to insmod, each after everything it depends on."""
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in modules_dep.splitlines():
+        if ":" not in line:
+            continue
+        path, rest = line.split(":", 1)
+        deps[path] = rest.split()
+        name = Path(path).name.split(".ko")[0].replace("-", "_")
+        by_name[name] = path
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        if path in order:
+            return
+        for dep in deps.get(path, []):
+            visit(dep)
+        order.append(path)
+
+    for name in wanted:
+        if name not in by_name:
+            raise TapmigError(f"kernel has no module {name}; is it built in? "
+                              "check the kernel package")
+        visit(by_name[name])
+    return order
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """An initramfs archive, written here so that no cpio tool or root-owned tree is needed."""
+    out = io.BytesIO()
+    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
+        raw = name.encode() + b"\0"
+        header = "070701" + "".join(
+            f"{v:08x}" for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
+        )
+        out.write(header.encode() + raw)
+        out.write(b"\0" * (-(110 + len(raw)) % 4))
+        out.write(data)
+        out.write(b"\0" * (-len(data) % 4))
+    return out.getvalue()
+
+
+def _initramfs(busybox: bytes, root: Path, release: str, modules: list[str]) -> bytes:
+    dirs = ["bin", "dev", "etc", "proc", "sys", "lib", "lib/modules"]
+    entries: list[tuple[str, int, bytes]] = [(d, stat.S_IFDIR | 0o755, b"") for d in dirs]
+    entries.append(("dev/console", stat.S_IFCHR | 0o600, b""))
+    entries.append(("bin/busybox", stat.S_IFREG | 0o755, busybox))
+    entries.append(("init", stat.S_IFREG | 0o755, INIT.encode()))
+    names = []
+    for path in modules:
+        name = Path(path).name
+        names.append(name)
+        data = (root / "lib/modules" / release / path).read_bytes()
+        entries.append((f"lib/modules/{name}", stat.S_IFREG | 0o644, data))
+    entries.append(("etc/modules.order", stat.S_IFREG | 0o644, ("\n".join(names) + "\n").encode()))
+    return gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
+
+
+def build_embedded(cache: Path | None = None, log: Callable[[str], None] = print) -> Guest:
+    """Resolve, download and assemble the guest, or return the cached one."""
+    cache = cache or default_cache()
+    kpkg = _kernel_package()
+    inputs = {
+        "recipe": RECIPE,
+        "kernel": f"{kpkg}={_apt_candidate(kpkg)}",
+        "busybox": f"{BUSYBOX_PKG}={_apt_candidate(BUSYBOX_PKG)}",
+        "modules": list(MODULES),
+        "init": INIT,
+    }
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    out = cache / "guest" / key
+    guest = Guest(name=f"embedded:{kpkg}", kernel=out / "vmlinuz", initrd=out / "initrd.gz")
+    if (out / "inputs.json").exists():
+        return guest
+    log(f"building the embedded guest from {inputs['kernel']} and {inputs['busybox']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{key}.") as tmpname:
+        tmp = Path(tmpname)
+        root = tmp / "root"
+        _run(["apt-get", "download", str(inputs["kernel"]), str(inputs["busybox"])], cwd=tmp)
+        for deb in sorted(tmp.glob("*.deb")):
+            _run(["dpkg-deb", "-x", str(deb), str(root)])
+        release = kpkg.removeprefix("linux-image-")
+        # Debian's package leaves modules.dep to the postinst; generate it in our tree.
+        _run(["depmod", "-b", str(root), release])
+        modules = module_order((root / "lib/modules" / release / "modules.dep").read_text(),
+                               MODULES)
+        busybox = (root / "bin/busybox").read_bytes()
+        stage = tmp / "stage"
+        stage.mkdir()
+        shutil.copyfile(root / "boot" / f"vmlinuz-{release}", stage / "vmlinuz")
+        (stage / "initrd.gz").write_bytes(_initramfs(busybox, root, release, modules))
+        (stage / "inputs.json").write_text(json.dumps({**inputs, "insmod": modules}, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        stage.rename(out)
+    log(f"embedded guest cached in {out}")
+    return guest
+

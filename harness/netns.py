@@ -1,0 +1,166 @@
+"""A private network namespace and its TAPs, through pyroute2 (netlink, no `ip`).
+
+All test traffic stays inside the namespace: the 192.168.x addresses never
+touch the root namespace. Names carry tapmig's PID, so parallel runs never
+collide and a later run can reap what a killed one left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from pyroute2 import NetNS, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from harness.errors import TapmigError
+
+PREFIX = "tapmig-"
+NETNS_DIR = Path("/run/netns")
+
+
+def owner_pid(name: str) -> int | None:
+    """The PID encoded in a tapmig resource name (tapmig-<pid>-<token>), if any."""
+    if not name.startswith(PREFIX):
+        return None
+    pid = name[len(PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def unique_name(kind: str = "") -> str:
+    return f"{PREFIX}{os.getpid()}-{kind}{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    ifindex: int
+    rx_packets: int
+    tx_packets: int
+
+
+class Namespace:
+    """A named netns that exists exactly as long as the `with` block."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or unique_name()
+        self._ipr: NetNS | None = None
+
+    def __enter__(self) -> Namespace:
+        try:
+            netns.create(self.name)
+        except OSError as exc:
+            raise TapmigError(f"cannot create network namespace {self.name}: {exc}; "
+                              "run as root or with CAP_NET_ADMIN and CAP_SYS_ADMIN") from exc
+        try:
+            self._ipr = NetNS(self.name)
+            self.set_up("lo")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._ipr is not None:
+            try:
+                for link in self._ipr.get_links():
+                    if link.get("ifname") != "lo":
+                        self._ipr.link("del", index=link["index"])
+            except (NetlinkError, OSError):
+                pass  # the namespace removal below takes the links with it
+            self._ipr.close()
+            self._ipr = None
+        remove(self.name)
+
+    @property
+    def ipr(self) -> NetNS:
+        if self._ipr is None:
+            raise TapmigError(f"namespace {self.name} is not open")
+        return self._ipr
+
+    def exec_prefix(self) -> list[str]:
+        """Run a program inside the namespace (nsenter execs it, so its PID is the program's)."""
+        return ["nsenter", f"--net={NETNS_DIR / self.name}"]
+
+    def index(self, ifname: str) -> int:
+        found = self.ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise TapmigError(f"no interface {ifname} in namespace {self.name}")
+        return int(found[0])
+
+    def add_tap(self, ifname: str, mac: str | None = None, cidr: str | None = None,
+                up: bool = True) -> int:
+        """A persistent multiqueue TAP (no_pi, vnet_hdr, multi_queue), as QEMU's queues=N needs."""
+        # pyroute2 creates TAPs by ioctl in a forked helper that enters the namespace;
+        # under load it has (rarely) reported success for a TAP that never appeared,
+        # so check, and retry before giving up.
+        for _attempt in range(3):
+            try:
+                self.ipr.link("add", ifname=ifname, kind="tuntap", mode="tap",
+                              ifr={"no_pi": 1, "vnet_hdr": 1, "multi_queue": 1})
+            except (NetlinkError, OSError) as exc:
+                raise TapmigError(f"cannot create TAP {ifname}: {exc}; check that /dev/net/tun "
+                                  "exists and you have CAP_NET_ADMIN") from exc
+            if self.ipr.link_lookup(ifname=ifname):
+                break
+        idx = self.index(ifname)
+        if mac:
+            self.ipr.link("set", index=idx, address=mac)
+        if cidr:
+            self.add_address(ifname, cidr)
+        if up:
+            self.set_up(ifname)
+        return idx
+
+    def add_address(self, ifname: str, cidr: str) -> None:
+        addr, plen = cidr.split("/")
+        self.ipr.addr("add", index=self.index(ifname), address=addr, prefixlen=int(plen))
+
+    def set_up(self, ifname: str, up: bool = True) -> None:
+        self.ipr.link("set", index=self.index(ifname), state="up" if up else "down")
+
+    def move_host_side(self, src: str, dst: str, cidr: str, mac: str) -> None:
+        """The new-TAP switch: what management software does after migrating to a new TAP."""
+        addr, plen = cidr.split("/")
+        self.set_up(dst, False)
+        self.set_up(src, False)
+        self.ipr.addr("del", index=self.index(src), address=addr, prefixlen=int(plen))
+        self.ipr.link("set", index=self.index(dst), address=mac)
+        self.ipr.addr("add", index=self.index(dst), address=addr, prefixlen=int(plen))
+        self.set_up(dst)
+
+    def stats(self, ifname: str) -> LinkStats:
+        link = self.ipr.get_links(self.index(ifname))[0]
+        st = link.get("IFLA_STATS64") or link.get("IFLA_STATS")
+        return LinkStats(int(link["index"]), int(st["rx_packets"]), int(st["tx_packets"]))
+
+
+def remove(name: str) -> None:
+    try:
+        netns.remove(name)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise TapmigError(f"cannot remove network namespace {name}: {exc}") from exc
+
+
+def list_ours() -> list[str]:
+    return [n for n in netns.listnetns() if n.startswith(PREFIX)]
+
+
+def reap_orphans() -> list[str]:
+    """Remove namespaces whose tapmig process is gone (it was killed outright)."""
+    reaped = []
+    for name in list_ours():
+        pid = owner_pid(name)
+        if pid is not None and not pid_alive(pid):
+            remove(name)
+            reaped.append(name)
+    return reaped

@@ -1,0 +1,89 @@
+"""Run-scoped files: the private 0700 runtime directory and the shared RAM file.
+
+Both are named tapmig-<pid>-..., so a later run can reap what a run that was
+killed outright (SIGKILL, OOM) left behind, without touching anyone else's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from harness import netns
+from harness.errors import TapmigError
+from harness.netns import owner_pid, pid_alive, unique_name
+
+SHM_DIR = Path("/dev/shm")
+RUN_PARENT = Path(tempfile.gettempdir())
+
+
+class RunDir:
+    """A private directory for sockets and logs, removed on exit."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=f"{netns.PREFIX}{os.getpid()}-",
+                                          dir=RUN_PARENT))
+        os.chmod(self.path, 0o700)
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class ShmFile:
+    """Guest RAM in /dev/shm, shared by source and target (x-ignore-shared).
+
+    Created sparse with ftruncate, never by writing zeros: a 1 GiB file then
+    costs nothing until the guest touches its pages.
+    """
+
+    def __init__(self, size_mib: int, directory: Path = SHM_DIR) -> None:
+        self.size = size_mib * 1024 * 1024
+        self.path = directory / f"{unique_name()}.ram"
+
+    def __enter__(self) -> Path:
+        st = os.statvfs(self.path.parent)
+        free = st.f_bavail * st.f_frsize
+        if free < self.size:
+            raise TapmigError(f"{self.path.parent} has {free // 2**20} MiB free but the guest "
+                              f"needs {self.size // 2**20} MiB; free some space or use a "
+                              "smaller --ram")
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, self.size)
+        finally:
+            os.close(fd)
+        return self.path
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def leftovers() -> list[str]:
+    """Every tapmig resource on this machine, live or orphaned: what a leak check looks at."""
+    found = [f"netns {n}" for n in netns.list_ours()]
+    found += [f"shm {p}" for p in SHM_DIR.glob(f"{netns.PREFIX}*")]
+    found += [f"rundir {p}" for p in RUN_PARENT.glob(f"{netns.PREFIX}*") if p.is_dir()]
+    return found
+
+
+def reap_orphans() -> list[str]:
+    """Remove what tapmig processes that no longer exist left behind."""
+    reaped = netns.reap_orphans()
+    for pattern, parent in ((f"{netns.PREFIX}*", SHM_DIR), (f"{netns.PREFIX}*", RUN_PARENT)):
+        for path in parent.glob(pattern):
+            pid = owner_pid(path.name)
+            if pid is not None and not pid_alive(pid):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                reaped.append(str(path))
+    return reaped
