@@ -58,7 +58,8 @@ def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str |
                 vm.wait_console(r"Linux version", timeout=timeout)
         except VMError:
             err = vm.stderr().strip().splitlines()
-            detail = f" (QEMU said: {err[-1]})" if err else ""
+            died = vm.proc is not None and vm.proc.returncode not in (None, 0, -15)
+            detail = f" (QEMU exited: {err[-1]})" if died and err else ""
             return (f"{KVM} opens, but a probe boot of {guest.name} under KVM printed no kernel "
                     f"line within {timeout:.0f}s{detail}; this host's KVM cannot run a stock "
                     "kernel (nested or paravirtual hypervisor?)")

@@ -96,15 +96,19 @@ class Namespace:
         return int(found[0])
 
     def add_tap(self, ifname: str, mac: str | None = None, cidr: str | None = None,
-                up: bool = True) -> int:
-        """A persistent multiqueue TAP (no_pi, vnet_hdr, multi_queue), as QEMU's queues=N needs."""
+                up: bool = True, multi_queue: bool = True) -> int:
+        """A persistent TAP (no_pi, vnet_hdr), multiqueue as QEMU's queues>1 needs.
+
+        QEMU opens a single-queue netdev without IFF_MULTI_QUEUE, and the kernel
+        refuses that on a multiqueue TAP, so queues=1 needs a single-queue TAP.
+        """
         # pyroute2 creates TAPs by ioctl in a forked helper that enters the namespace;
         # under load it has (rarely) reported success for a TAP that never appeared,
         # so check, and retry before giving up.
         for _attempt in range(3):
             try:
                 self.ipr.link("add", ifname=ifname, kind="tuntap", mode="tap",
-                              ifr={"no_pi": 1, "vnet_hdr": 1, "multi_queue": 1})
+                              ifr={"no_pi": 1, "vnet_hdr": 1, "multi_queue": int(multi_queue)})
             except (NetlinkError, OSError) as exc:
                 raise TapmigError(f"cannot create TAP {ifname}: {exc}; check that /dev/net/tun "
                                   "exists and you have CAP_NET_ADMIN") from exc

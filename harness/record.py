@@ -43,6 +43,8 @@ class RunRecord:
     late_replies: int | None = None
     blackout_start: float | None = None
     blackout_end: float | None = None
+    pre_stop_ms: float | None = None  # how long before STOP the outage began
+    epsilon_ms: float | None = None  # the slack the outage was checked against
     stop_ts: float | None = None
     resume_ts: float | None = None
     # Context.
@@ -51,6 +53,9 @@ class RunRecord:
     started: str = ""
     duration_s: float | None = None
     iteration: int | None = None
+    boot_s: float | None = None
+    # Evidence behind the verdict, e.g. tap0's ifindex and counters in local mode.
+    checks: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

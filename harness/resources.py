@@ -66,12 +66,14 @@ class ShmFile:
         self.path.unlink(missing_ok=True)
 
 
-def leftovers() -> list[str]:
-    """Every tapmig resource on this machine, live or orphaned: what a leak check looks at."""
-    found = [f"netns {n}" for n in netns.list_ours()]
-    found += [f"shm {p}" for p in SHM_DIR.glob(f"{netns.PREFIX}*")]
-    found += [f"rundir {p}" for p in RUN_PARENT.glob(f"{netns.PREFIX}*") if p.is_dir()]
-    return found
+def leftovers(pid: int | None = None) -> list[str]:
+    """tapmig resources on this machine (of one process, if pid is given): what a leak
+    check looks at. Scoping by PID keeps parallel runs from blaming each other."""
+    found = [("netns", n) for n in netns.list_ours()]
+    found += [("shm", str(p)) for p in SHM_DIR.glob(f"{netns.PREFIX}*")]
+    found += [("rundir", str(p)) for p in RUN_PARENT.glob(f"{netns.PREFIX}*") if p.is_dir()]
+    return [f"{kind} {name}" for kind, name in found
+            if pid is None or owner_pid(Path(name).name) == pid]
 
 
 def reap_orphans() -> list[str]:
