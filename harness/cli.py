@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from harness import ping
+from harness import measure, ping
 from harness.errors import TapmigError
 from harness.guest import build_embedded, default_cache
 from harness.probe import probe
 from harness.record import MODES, RunRecord
+from harness.report import compare, load_report, parse_threshold, render_markdown
 from harness.scenario import Config, run
 
 
@@ -101,6 +103,37 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    iterations = measure.check_iterations(args.iterations)
+    modes = measure.parse_modes(args.mode)
+    measure.prepare_out(args.out)
+    plan = measure.Plan(builds=measure.resolve_builds(args.qemu), modes=modes,
+                        iterations=iterations, out=args.out, accel=args.accel,
+                        queues=args.queues, cache=args.cache)
+    plan = measure.preflight(plan, measure.stderr_log)
+    measure.stderr_log(f"{plan.total} runs: {iterations} iterations x {len(modes)} modes x "
+                       f"{len(plan.builds)} builds, interleaved")
+    outcome = measure.measure(plan)
+    print(render_markdown(outcome.report), end="")
+    for ext, path in outcome.paths.items():
+        measure.stderr_log(f"report.{ext}: {path}")
+    if outcome.interrupted:
+        measure.stderr_log(f"interrupted: PARTIAL report of the {len(outcome.records)} "
+                           f"finished runs written; records in {args.out / 'records'}")
+    elif outcome.exit_code == 2:
+        measure.stderr_log("error: no combination is supported by the given builds; "
+                           "nothing was measured")
+    return outcome.exit_code
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    threshold = parse_threshold(args.threshold)
+    verdict = compare(load_report(args.baseline), load_report(args.current), threshold)
+    print("\n".join(verdict.lines))
+    print("verdict: REGRESSED" if verdict.regressed else "verdict: no regression")
+    return 1 if verdict.regressed else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tapmig", description=__doc__.splitlines()[0] if __doc__
                                 else None)
@@ -133,6 +166,25 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_probe)
 
+    m = sub.add_parser("measure", help="repeat migrations over builds and modes; write a report")
+    m.add_argument("--qemu", action="append", required=True,
+                   help="QEMU binary to test; repeat to compare builds")
+    m.add_argument("--mode", action="append", required=True,
+                   help=f"comma-separated, or repeated: {','.join(MODES)}")
+    m.add_argument("--iterations", type=int, required=True, help="runs per build and mode")
+    m.add_argument("--out", type=_out_dir, required=True,
+                   help="new directory for report.{json,md,html}, records/ and runs/")
+    m.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    m.add_argument("--queues", type=int, default=4)
+    m.set_defaults(func=cmd_measure)
+
+    c = sub.add_parser("compare", help="regression verdict between two report.json files")
+    c.add_argument("--baseline", type=Path, required=True, help="earlier report.json")
+    c.add_argument("--current", type=Path, required=True, help="new report.json")
+    c.add_argument("--threshold", default="10%",
+                   help="allowed slowdown of the median, '10%%' or '0.1' (default 10%%)")
+    c.set_defaults(func=cmd_compare)
+
     g = sub.add_parser("guest", help="the embedded guest")
     gs = g.add_subparsers(dest="guest_command", required=True)
     gb = gs.add_parser("build", help="build (or find cached) the embedded guest")
@@ -140,8 +192,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_OWNER = os.getpid()
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM unwinds like Ctrl-C, so every context manager tears down."""
+    """SIGTERM unwinds like Ctrl-C, so every context manager tears down.
+
+    Only in tapmig's own process: pyroute2 does netns work in forked children and
+    stops them with SIGTERM, and a child unwinding here would tear down the parent's
+    namespace and TAPs, and go on to finish the parent's command, as if they were its own.
+    """
+    if os.getpid() != _OWNER:
+        os._exit(128 + signum)
     raise KeyboardInterrupt
 
 

@@ -1,0 +1,372 @@
+"""`tapmig measure` and `tapmig compare`: input checks through the real CLI, the run loop's
+order, skip and interrupt logic with a stand-in runner, and one real measurement."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import TapmigError
+from harness.measure import Plan, measure, parse_modes, prepare_out, write_record
+from harness.record import RunRecord
+from harness.report import build_report, load_report, write_report
+from harness.scenario import Config
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM_QEMU = Path("/usr/bin/qemu-system-x86_64")
+A, B = "/opt/a/qemu-system-x86_64", "/opt/b/qemu-system-x86_64"
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit 2 with a single 'tapmig: error:' line naming the problem, and no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tapmig: error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+# --- measure: bad input ------------------------------------------------------------------
+
+
+def measure_args(out: Path, qemu: str = "/nonexistent/qemu-system-x86_64",
+                 mode: str = "new-tap", iterations: str = "2") -> list[str]:
+    return ["measure", "--qemu", qemu, "--mode", mode, "--iterations", iterations,
+            "--out", str(out)]
+
+
+@pytest.mark.parametrize("iterations", ["0", "-3"])
+def test_measure_refuses_too_few_iterations(tmp_path: Path, iterations: str) -> None:
+    one_line_error(cli(*measure_args(tmp_path / "o", iterations=iterations)),
+                   f"--iterations {iterations}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_measure_refuses_unknown_mode(tmp_path: Path) -> None:
+    one_line_error(cli(*measure_args(tmp_path / "o", mode="new-tap,lcoal")),
+                   "unknown mode 'lcoal'", "new-tap, local")
+
+
+def test_measure_refuses_unwritable_out(tmp_path: Path) -> None:
+    """A path under a regular file: unwritable even for root, where chmod would not stop us."""
+    (tmp_path / "file").write_text("not a directory\n")
+    one_line_error(cli(*measure_args(tmp_path / "file" / "out")),
+                   f"{tmp_path / 'file' / 'out'} is not writable")
+
+
+def test_measure_refuses_an_earlier_measurements_dir(tmp_path: Path) -> None:
+    """Mixing two sessions' records would make the report describe neither."""
+    write_record(RunRecord(mode="local", qemu=A, qemu_version="9.0.0", accel="kvm", guest="g"),
+                 tmp_path / "records")
+    one_line_error(cli(*measure_args(tmp_path)), "already holds an earlier measurement")
+
+
+@pytest.mark.parametrize("binary, needle", [("/nonexistent/qemu-system-x86_64", "not found"),
+                                            ("/bin/true", "is not a QEMU system emulator")])
+def test_measure_refuses_missing_or_foreign_qemu(tmp_path: Path, binary: str,
+                                                 needle: str) -> None:
+    one_line_error(cli(*measure_args(tmp_path / "o", qemu=binary)), needle)
+    assert not any((tmp_path / "o" / "records").iterdir())
+
+
+@pytest.mark.skipif(not SYSTEM_QEMU.exists(), reason=f"{SYSTEM_QEMU} absent")
+def test_measure_checks_every_qemu_before_any_run(tmp_path: Path) -> None:
+    args = measure_args(tmp_path / "o", qemu=str(SYSTEM_QEMU))
+    one_line_error(cli(*args, "--qemu", "/nonexistent/qemu"), "'/nonexistent/qemu' not found")
+    one_line_error(cli(*args, "--qemu", str(SYSTEM_QEMU)), "given twice")
+    assert not any((tmp_path / "o" / "runs").iterdir())
+
+
+def test_parse_modes_accepts_commas_and_repeats() -> None:
+    assert parse_modes(["new-tap,local"]) == ("new-tap", "local")
+    assert parse_modes(["local", " new-tap , local"]) == ("local", "new-tap")
+    with pytest.raises(TapmigError, match="no mode given"):
+        parse_modes([","])
+
+
+def test_prepare_out_creates_the_layout(tmp_path: Path) -> None:
+    prepare_out(tmp_path / "new" / "dir")
+    assert sorted(p.name for p in (tmp_path / "new" / "dir").iterdir()) == ["records", "runs"]
+
+
+# --- write_record ------------------------------------------------------------------------
+
+
+def record(mode: str = "new-tap", qemu: str = A, **kw: Any) -> RunRecord:
+    return RunRecord(mode=mode, qemu=qemu, qemu_version="9.0.0", accel="kvm", guest="g", **kw)
+
+
+def test_write_record_names_by_start_and_never_overwrites(tmp_path: Path) -> None:
+    rec = record(started="2024-06-01T10:02:03.456789+00:00", blackout_ms=12.5)
+    first, second = write_record(rec, tmp_path / "r"), write_record(rec, tmp_path / "r")
+    assert (first.name, second.name) == ("20240601T100203Z-new-tap-1.json",
+                                         "20240601T100203Z-new-tap-2.json")
+    assert RunRecord.read(first) == rec
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [first.name, second.name]
+
+
+def test_write_record_parallel_writers_keep_every_record(tmp_path: Path) -> None:
+    recs = [record(mode="local", started="2024-06-01T10:00:00+00:00", iteration=i)
+            for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda r: write_record(r, tmp_path), recs))
+    assert len(set(paths)) == 40
+    assert sorted(RunRecord.read(p).iteration or 0 for p in paths) == list(range(40))
+    assert not list(tmp_path.glob(".*"))
+
+
+# --- the run loop, with a stand-in runner -------------------------------------------------
+
+
+class Runner:
+    """Answers like scenario.run: a record per Config, with a ping.log in the run directory."""
+
+    def __init__(self, unsupported: tuple[tuple[str, str], ...] = (),
+                 fail_calls: tuple[int, ...] = (), interrupt_call: int | None = None) -> None:
+        self.unsupported, self.fail_calls = unsupported, fail_calls
+        self.interrupt_call = interrupt_call
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, cfg: Config) -> RunRecord:
+        self.calls.append((cfg.qemu, cfg.mode))
+        n = len(self.calls)
+        if n == self.interrupt_call:
+            raise KeyboardInterrupt
+        rec = record(cfg.mode, cfg.qemu, started=f"2024-06-01T10:00:{n:02d}+00:00",
+                     queues=cfg.queues)
+        if (cfg.qemu, cfg.mode) in self.unsupported:
+            rec.status, rec.error = "unsupported", f"{cfg.qemu} cannot do {cfg.mode} migration"
+        elif n in self.fail_calls:
+            rec.status, rec.error = "failed", "the host could not ping the guest\nsecond line"
+        else:
+            rec.blackout_ms, rec.downtime_ms = 10.0 * n, 5.0 * n
+        assert cfg.out is not None
+        cfg.out.mkdir(parents=True)
+        (cfg.out / "ping.log").write_text(f"run {n}\n")
+        rec.artifacts = {"ping": "ping.log"}
+        return rec
+
+
+def plan(out: Path, iterations: int = 3, modes: tuple[str, ...] = ("new-tap", "local")) -> Plan:
+    prepare_out(out)
+    return Plan(builds={"A": A, "B": B}, modes=modes, iterations=iterations, out=out,
+                queues=2, cache=out / "cache")
+
+
+def run_loop(p: Plan, runner: Runner) -> tuple[Any, list[str]]:
+    lines: list[str] = []
+    return measure(p, runner, lines.append), lines
+
+
+def saved(out: Path) -> list[RunRecord]:
+    return sorted((RunRecord.read(p) for p in (out / "records").glob("*.json")),
+                  key=lambda r: r.started)
+
+
+def combo(report: dict[str, Any], mode: str, qemu: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        c for c in report["combinations"] if (c["mode"], c["qemu"]) == (mode, qemu)]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_runs_interleave_iteration_then_mode_then_build(tmp_path: Path) -> None:
+    runner = Runner()
+    outcome, lines = run_loop(plan(tmp_path), runner)
+    assert runner.calls == [(A, "new-tap"), (B, "new-tap"), (A, "local"), (B, "local")] * 3
+    records = saved(tmp_path)
+    assert [r.iteration for r in records] == [1] * 4 + [2] * 4 + [3] * 4
+    assert all(r.queues == 2 for r in records)
+    # Each record points at its own artifacts, relative to the output directory.
+    first = records[0].artifacts["ping"]
+    assert first == "runs/1-new-tap-A/ping.log" and (tmp_path / first).read_text() == "run 1\n"
+    assert outcome.exit_code == 0 and not outcome.interrupted
+    rep = load_report(tmp_path / "report.json")
+    assert not rep["partial"]
+    assert [c["runs"] for c in rep["combinations"]] == [3, 3, 3, 3]
+    assert combo(rep, "local", B)["metrics"]["blackout_ms"]["median"] == 80.0  # runs 4, 8, 12
+    assert (tmp_path / "report.md").exists() and (tmp_path / "report.html").exists()
+    assert re.fullmatch(r"\[1/12\] #1 A new-tap: blackout 10\.0 ms, QMP downtime 5\.0 ms "
+                        r"\(\d+s\); ETA \d+s", lines[0]), lines[0]
+    assert lines[-1].startswith("[12/12] #3 B local: ") and lines[-1].endswith("ETA 0s")
+
+
+def test_unsupported_combination_is_reported_once_and_skipped(tmp_path: Path) -> None:
+    runner = Runner(unsupported=((B, "local"),))
+    outcome, lines = run_loop(plan(tmp_path), runner)
+    assert runner.calls.count((B, "local")) == 1
+    assert runner.calls.count((A, "local")) == runner.calls.count((B, "new-tap")) == 3
+    skips = [line for line in lines if "not supported" in line]
+    assert skips == [f"[4/12] #1 B local: not supported, skipping its 2 remaining runs: "
+                     f"{B} cannot do local migration"]
+    assert lines[-1].startswith("[10/10] ")  # the plan shrank by the two skipped runs
+    assert outcome.exit_code == 0
+    c = combo(outcome.report, "local", B)
+    assert (c["runs"], c["unsupported"]["count"]) == (1, 1)
+
+
+def test_failed_runs_are_kept_counted_and_the_rest_still_run(tmp_path: Path) -> None:
+    runner = Runner(fail_calls=(2,))
+    outcome, lines = run_loop(plan(tmp_path, iterations=2, modes=("new-tap",)), runner)
+    assert len(runner.calls) == 4 and len(saved(tmp_path)) == 4
+    assert lines[1].startswith("[2/4] #1 B new-tap: FAILED: the host could not ping the guest (")
+    c = combo(outcome.report, "new-tap", B)
+    assert (c["runs"], c["ok"], c["failed"]["count"]) == (2, 1, 1)
+    assert outcome.exit_code == 1
+
+
+def test_nothing_supported_is_not_success(tmp_path: Path) -> None:
+    runner = Runner(unsupported=((A, "local"), (B, "local")))
+    outcome, _ = run_loop(plan(tmp_path, modes=("local",)), runner)
+    assert len(runner.calls) == 2 and outcome.exit_code == 2
+
+
+def test_interrupt_writes_a_partial_report_of_the_finished_runs(tmp_path: Path) -> None:
+    runner = Runner(interrupt_call=3)
+    outcome, lines = run_loop(plan(tmp_path), runner)
+    assert outcome.interrupted and outcome.exit_code == 130
+    assert lines[-1] == "interrupted after 2 of 12 runs; writing a partial report"
+    assert [(r.qemu, r.mode) for r in saved(tmp_path)] == [(A, "new-tap"), (B, "new-tap")]
+    rep = load_report(tmp_path / "report.json")
+    assert rep["partial"] is True
+    assert [(c["qemu"], c["mode"], c["runs"]) for c in rep["combinations"]] == [
+        (A, "new-tap", 1), (B, "new-tap", 1)]
+    assert "PARTIAL" in (tmp_path / "report.md").read_text()
+
+
+
+def test_sigterm_to_a_forked_helper_does_not_unwind_the_parent_stack() -> None:
+    """pyroute2 stops its forked netns helpers with SIGTERM; the CLI's SIGTERM-as-Ctrl-C
+    handler must not make a helper unwind (and tear down) the measurement it was forked from."""
+    script = """if True:
+        import os, signal, time
+        from harness import cli
+        signal.signal(signal.SIGTERM, cli._terminate)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, b"x")
+                time.sleep(30)
+            except KeyboardInterrupt:
+                print("child unwound", flush=True)
+            os._exit(0)
+        os.read(r, 1)
+        os.kill(pid, signal.SIGTERM)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout == "143\n"
+
+# --- compare -------------------------------------------------------------------------------
+
+
+def report_file(path: Path, blackouts: list[float], mode: str = "new-tap") -> Path:
+    """A report.json from fixed records, QMP downtime half the blackout."""
+    recs = [record(mode, blackout_ms=b, downtime_ms=b / 2, iteration=i,
+                   started=f"2024-06-01T10:{i:02d}:00+00:00")
+            for i, b in enumerate(blackouts, 1)]
+    return write_report(build_report(recs, {}, partial=False), path)["json"]
+
+
+BASELINE = [100.0, 101.0, 99.0, 100.0, 102.0, 98.0, 100.5]  # median 100
+
+
+def test_compare_flags_a_clear_regression(tmp_path: Path) -> None:
+    base = report_file(tmp_path / "old", BASELINE)
+    cur = report_file(tmp_path / "new", [150.0, 151.0, 149.0, 150.0, 152.0, 148.0, 150.5])
+    done = cli("compare", "--baseline", str(base), "--current", str(cur))
+    assert done.returncode == 1, done.stderr
+    assert "blackout: REGRESSED: median 100.0 -> 150.0 ms (+50.0%)" in done.stdout
+    assert "QMP downtime: REGRESSED: median 50.0 -> 75.0 ms" in done.stdout
+    assert done.stdout.endswith("verdict: REGRESSED\n")
+
+
+def test_compare_within_noise_passes(tmp_path: Path) -> None:
+    base = report_file(tmp_path / "old", BASELINE)
+    cur = report_file(tmp_path / "new", [103.0, 99.0, 101.0, 104.0, 100.0, 102.0, 98.5])
+    done = cli("compare", "--baseline", str(base), "--current", str(cur), "--threshold", "10%")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "blackout: ok: median 100.0 -> 101.0 ms (+1.0%), within threshold +10.0%" in done.stdout
+    assert done.stdout.endswith("verdict: no regression\n")
+
+
+CompareInput = Callable[[Path], tuple[Path, Path, str]]
+
+
+def _empty(tmp: Path) -> tuple[Path, Path, str]:
+    (tmp / "empty.json").write_text("")
+    return report_file(tmp / "old", BASELINE), tmp / "empty.json", "10%"
+
+
+def _foreign(tmp: Path) -> tuple[Path, Path, str]:
+    (tmp / "package.json").write_text(json.dumps({"name": "left-pad", "version": "1.3.0"}))
+    return tmp / "package.json", report_file(tmp / "new", BASELINE), "10%"
+
+
+def _threshold(tmp: Path) -> tuple[Path, Path, str]:
+    return report_file(tmp / "old", BASELINE), report_file(tmp / "new", BASELINE), "ten"
+
+
+def _mismatched(tmp: Path) -> tuple[Path, Path, str]:
+    return (report_file(tmp / "old", BASELINE),
+            report_file(tmp / "new", BASELINE, mode="local"), "10%")
+
+
+@pytest.mark.parametrize("make, needle", [
+    (_empty, "empty.json: file is empty"),
+    (_foreign, "package.json: not a tapmig report"),
+    (_threshold, "bad threshold 'ten'"),
+    (_mismatched, "no combination in common"),
+], ids=["empty", "foreign", "threshold", "mismatched-modes"])
+def test_compare_bad_input(tmp_path: Path, make: CompareInput, needle: str) -> None:
+    base, cur, threshold = make(tmp_path)
+    done = cli("compare", "--baseline", str(base), "--current", str(cur),
+               "--threshold", threshold)
+    one_line_error(done, needle)
+    assert done.stdout == ""
+
+
+# --- one real measurement ---------------------------------------------------------------
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(not SYSTEM_QEMU.exists(),
+                    reason=f"{SYSTEM_QEMU} absent (apt-get install qemu-system-x86)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real measurement needs root (namespaces, TAPs)")
+def test_measure_end_to_end(tmp_path: Path) -> None:
+    """Two real new-TAP migrations on Debian's QEMU, through the command a user types."""
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    done = cli("measure", "--qemu", "qemu-system-x86_64", "--mode", "new-tap",
+               "--iterations", "2", "--out", str(out), timeout=600)
+    print(f"measure took {time.monotonic() - t0:.1f}s\n{done.stderr}{done.stdout}")
+    assert done.returncode == 0, done.stderr
+    rep = load_report(out / "report.json")
+    assert not rep["partial"]
+    [c] = rep["combinations"]
+    assert (c["mode"], c["runs"], c["ok"]) == ("new-tap", 2, 2)
+    assert c["metrics"]["blackout_ms"]["n"] == 2 and c["metrics"]["downtime_ms"]["n"] == 2
+    assert (out / "report.md").exists() and (out / "report.html").exists()
+    assert len(list((out / "records").glob("*-new-tap-*.json"))) == 2
+    assert len(list((out / "runs").glob("*/ping.log"))) == 2
+    assert "| build | mode | n |" in done.stdout
+    assert re.search(r"^tapmig: \[2/2\] #2 A new-tap: blackout [\d.]+ ms", done.stderr, re.M)
+    assert f"report.json: {out / 'report.json'}" in done.stderr
