@@ -58,7 +58,8 @@ def format_record(rec: RunRecord) -> str:
                           f"{num(rec.interval_ms, ' ms')})"),
         ("lost packets", f"{num(rec.lost)} (late replies: {num(rec.late_replies)})"),
         ("QMP downtime", num(rec.downtime_ms, " ms")),
-        ("STOP -> RESUME", num(rec.stop_resume_ms, " ms")),
+        ("STOP -> RESUME", f"{num(rec.stop_resume_ms, ' ms')} (outage began "
+                           f"{num(rec.pre_stop_ms, ' ms')} before STOP)"),
         ("run time", num(rec.duration_s, " s")),
     ]
     width = max(len(k) for k, _ in rows)
@@ -149,8 +150,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--queues", type=int, default=4)
     r.add_argument("--ram", type=int, default=256, help="guest RAM in MiB")
     r.add_argument("--out", type=_out_dir, help="write record.json and logs here")
-    r.add_argument("--epsilon-ms", type=float, default=50.0,
-                   help="slack around [STOP, RESUME] for the blackout (default 50)")
+    r.add_argument("--epsilon-ms", type=float, default=None,
+                   help="slack around [STOP, RESUME] for the blackout "
+                        "(default 50 under KVM, 150 under TCG)")
     r.add_argument("--boot-timeout", type=float, default=60.0)
     r.add_argument("--probe", choices=ping.PROBES, default="tapmig",
                    help="tapmig: 1 ms pace through the outage (default); iputils: ping -D -O")

@@ -51,6 +51,7 @@ class Namespace:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or unique_name()
         self._ipr: NetNS | None = None
+        self._owner = os.getpid()
 
     def __enter__(self) -> Namespace:
         try:
@@ -68,6 +69,8 @@ class Namespace:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if os.getpid() != self._owner:
+            return  # a forked child (pyroute2 forks for netns work) unwinding: not ours
         if self._ipr is not None:
             try:
                 for link in self._ipr.get_links():
@@ -102,18 +105,12 @@ class Namespace:
         QEMU opens a single-queue netdev without IFF_MULTI_QUEUE, and the kernel
         refuses that on a multiqueue TAP, so queues=1 needs a single-queue TAP.
         """
-        # pyroute2 creates TAPs by ioctl in a forked helper that enters the namespace;
-        # under load it has (rarely) reported success for a TAP that never appeared,
-        # so check, and retry before giving up.
-        for _attempt in range(3):
-            try:
-                self.ipr.link("add", ifname=ifname, kind="tuntap", mode="tap",
-                              ifr={"no_pi": 1, "vnet_hdr": 1, "multi_queue": int(multi_queue)})
-            except (NetlinkError, OSError) as exc:
-                raise TapmigError(f"cannot create TAP {ifname}: {exc}; check that /dev/net/tun "
-                                  "exists and you have CAP_NET_ADMIN") from exc
-            if self.ipr.link_lookup(ifname=ifname):
-                break
+        try:
+            self.ipr.link("add", ifname=ifname, kind="tuntap", mode="tap",
+                          ifr={"no_pi": 1, "vnet_hdr": 1, "multi_queue": int(multi_queue)})
+        except (NetlinkError, OSError) as exc:
+            raise TapmigError(f"cannot create TAP {ifname}: {exc}; check that /dev/net/tun "
+                              "exists and you have CAP_NET_ADMIN") from exc
         idx = self.index(ifname)
         if mac:
             self.ipr.link("set", index=idx, address=mac)

@@ -27,13 +27,15 @@ class RunDir:
         self.path = Path(tempfile.mkdtemp(prefix=f"{netns.PREFIX}{os.getpid()}-",
                                           dir=RUN_PARENT))
         os.chmod(self.path, 0o700)
+        self._owner = os.getpid()
 
     def __enter__(self) -> Path:
         return self.path
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        if os.getpid() == self._owner:  # not in a forked child that is unwinding
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 class ShmFile:
@@ -46,6 +48,7 @@ class ShmFile:
     def __init__(self, size_mib: int, directory: Path = SHM_DIR) -> None:
         self.size = size_mib * 1024 * 1024
         self.path = directory / f"{unique_name()}.ram"
+        self._owner = os.getpid()
 
     def __enter__(self) -> Path:
         st = os.statvfs(self.path.parent)
@@ -63,7 +66,8 @@ class ShmFile:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.path.unlink(missing_ok=True)
+        if os.getpid() == self._owner:  # not in a forked child that is unwinding
+            self.path.unlink(missing_ok=True)
 
 
 def leftovers(pid: int | None = None) -> list[str]:

@@ -9,6 +9,7 @@ because "it timed out" alone never helps anyone debug a migration.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import signal
 import socket
@@ -83,6 +84,7 @@ class VM:
         self._console_cond = threading.Condition()
         self._console_pos = 0
         self._reader: threading.Thread | None = None
+        self._owner = os.getpid()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -130,6 +132,8 @@ class VM:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """quit, then wait, then SIGTERM, then SIGKILL: by PID, only our own process."""
+        if os.getpid() != self._owner:
+            return  # a forked child unwinding must not shut down its parent's QEMU
         if self.proc is not None and self.proc.poll() is None and self._qmp is not None:
             try:
                 self._qmp.cmd_obj({"execute": "quit"})
