@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import TapmigError
+from harness.vm import VM
 
 RECIPE = "tapmig-guest/2"
 KERNEL_META = "linux-image-amd64"
@@ -53,7 +54,7 @@ exec setsid cttyhack sh -i
 
 @dataclass(frozen=True)
 class Guest:
-    """What a VM needs to boot a guest and know that it is up."""
+    """What a VM needs to boot a guest and bring its network up."""
 
     name: str
     kernel: Path
@@ -61,9 +62,15 @@ class Guest:
     ready: str = READY
     prompt: str = PROMPT
 
-    def cmdline(self, ip_cidr: str) -> str:
+    def boot_args(self, ip_cidr: str) -> list[str]:
         # panic=-1 with -no-reboot turns a guest panic into a QEMU exit we see at once.
-        return f"console=ttyS0 quiet panic=-1 tapmig.ip={ip_cidr}"
+        return ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
+                "-append", f"console=ttyS0 quiet panic=-1 tapmig.ip={ip_cidr}"]
+
+    def bring_up(self, vm: VM, ip_cidr: str, timeout: float) -> None:
+        """Wait until the guest has eth0 configured and a shell on the console."""
+        vm.wait_console(self.ready, timeout=timeout)
+        vm.wait_console(self.prompt, timeout=timeout)
 
 
 def default_cache() -> Path:

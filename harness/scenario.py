@@ -28,7 +28,7 @@ from harness.guest import Guest, build_embedded, default_cache
 from harness.netns import Namespace
 from harness.probe import Capabilities, probe
 from harness.record import MODES, RunRecord
-from harness.resources import RunDir, ShmFile, reap_orphans
+from harness.resources import SHM_DIR, RunDir, ShmFile, reap_orphans
 from harness.vm import VM, VMError
 
 GUEST_IP = "192.168.100.2"
@@ -44,6 +44,9 @@ TUN = Path("/dev/net/tun")
 # needs tens of ms after RESUME with a cold translation cache: 62 ms and 52 ms
 # were seen here. The stall is reported as pre_stop_ms either way.
 EPSILON_MS = {"kvm": 50.0, "tcg": 150.0}
+
+
+ENDED = ("completed", "failed", "cancelled")
 
 
 class Unsupported(TapmigError):
@@ -66,6 +69,10 @@ class Config:
     epsilon_ms: float | None = None  # None: EPSILON_MS for the accelerator in use
     probe_interval: float = ping.DEFAULT_INTERVAL
     probe: str = "tapmig"  # or "iputils"
+    # Fault injection for reliability tests: called as fault(phase, migration, vms) at
+    # "booted", "probing" and "switchover" (the migration held at pre-switchover).
+    fault: Callable[[str, Migration, dict[str, VM]], None] | None = None
+    shm_dir: Path = SHM_DIR
     settle_s: float = 0.5  # probing before migration starts
     tail_s: float = 0.5  # probing after RESUME
 
@@ -115,7 +122,7 @@ class Migration:
         self.log = log
         self.rundir = stack.enter_context(RunDir())
         self.ns = stack.enter_context(Namespace())
-        self.shm = stack.enter_context(ShmFile(cfg.ram_mib))
+        self.shm = stack.enter_context(ShmFile(cfg.ram_mib, cfg.shm_dir))
         self.stack = stack
         self.boot_s: float | None = None
 
@@ -129,8 +136,7 @@ class Migration:
             "-nodefaults", "-display", "none", "-no-reboot", "-S",
             *accel.firmware_args(),
             "-device", "pcie-pci-bridge,id=pci.1,bus=pcie.0",
-            "-kernel", str(self.guest.kernel), "-initrd", str(self.guest.initrd),
-            "-append", self.guest.cmdline(f"{GUEST_IP}/{PREFIXLEN}"),
+            *self.guest.boot_args(f"{GUEST_IP}/{PREFIXLEN}"),
         ]
         return [*args, "-incoming", "defer"] if incoming else args
 
@@ -161,9 +167,11 @@ class Migration:
         return nic
 
     def prepare_migration(self, vm: VM, local: bool) -> None:
-        vm.cmd("migrate-set-capabilities", capabilities=[
-            {"capability": "events", "state": True},
-            {"capability": "x-ignore-shared", "state": True}])
+        caps = [{"capability": "events", "state": True},
+                {"capability": "x-ignore-shared", "state": True}]
+        if self.cfg.fault is not None:  # a point where a fault hits mid-migration, every time
+            caps.append({"capability": "pause-before-switchover", "state": True})
+        vm.cmd("migrate-set-capabilities", capabilities=caps)
         if self.caps.local:  # Debian's 7.2 has no such parameter; upstream's test dies there
             vm.cmd("migrate-set-parameters", local=local)
 
@@ -178,19 +186,21 @@ class Migration:
         src = self.start_vm("source", incoming=False)
         boot0 = time.monotonic()
         src.cmd("cont")
-        src.wait_console(self.guest.ready, timeout=self.cfg.boot_timeout)
-        src.wait_console(self.guest.prompt, timeout=self.cfg.boot_timeout)
+        self.guest.bring_up(src, f"{GUEST_IP}/{PREFIXLEN}", self.cfg.boot_timeout)
         self.boot_s = round(time.monotonic() - boot0, 3)
         self.log(f"source guest ready in {self.boot_s:.1f}s")
         return src
 
+    def migration_status(self, vm: VM) -> str:
+        """The next MIGRATION status change on one side."""
+        return str(vm.wait_event("MIGRATION", timeout=self.cfg.migrate_timeout)
+                   ["data"]["status"])
+
     def migration_end(self, vm: VM) -> str:
         """The terminal MIGRATION status on one side: completed, failed or cancelled."""
-        while True:
-            status = str(vm.wait_event("MIGRATION", timeout=self.cfg.migrate_timeout)
-                         ["data"]["status"])
-            if status in ("completed", "failed", "cancelled"):
-                return status
+        while (status := self.migration_status(vm)) not in ENDED:
+            pass
+        return status
 
     def guest_pings_host(self, vm: VM) -> None:
         # busybox ping prints "1 packets received" only when the reply came in time.
@@ -252,6 +262,13 @@ def _migrate(m: Migration, rec: RunRecord, log: Callable[[str], None]) -> None:
 
     src = m.boot_source()
     rec.boot_s = m.boot_s
+    vms = {"source": src}
+
+    def fault(phase: str) -> None:
+        if cfg.fault is not None:
+            cfg.fault(phase, m, vms)
+
+    fault("booted")
     m.guest_pings_host(src)
     m.host_pings_guest()
 
@@ -259,11 +276,19 @@ def _migrate(m: Migration, rec: RunRecord, log: Callable[[str], None]) -> None:
     with ping.Pinger(GUEST_IP, ping_log, m.ns.exec_prefix(), cfg.probe_interval,
                      cfg.probe) as pinger:
         time.sleep(cfg.settle_s)
+        fault("probing")
         dst = m.start_vm("target", incoming=True)
+        vms["target"] = dst
         sock = f"unix:{m.rundir / 'migration.sock'}"
         dst.cmd("migrate-incoming", uri=sock)
         log(f"migrating ({cfg.mode})...")
         src.cmd("migrate", uri=sock)
+        if cfg.fault is not None:
+            while (status := m.migration_status(src)) not in ("pre-switchover", *ENDED):
+                pass
+            if status == "pre-switchover":
+                fault("switchover")
+                src.cmd("migrate-continue", state="pre-switchover")
         for vm in (src, dst):
             status = m.migration_end(vm)
             if status != "completed":
