@@ -21,7 +21,7 @@ from harness.guest import build_embedded, default_cache
 from harness.probe import probe
 from harness.record import MODES, RunRecord
 from harness.report import compare, load_report, parse_threshold, render_markdown
-from harness.scenario import Config, run
+from harness.scenario import Config, preflight, run
 
 
 def _out_dir(value: str) -> Path:
@@ -32,6 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = Config(qemu=args.qemu, mode=args.mode, accel=args.accel, vhost=args.vhost,
                  queues=args.queues, ram_mib=args.ram, out=args.out, cache=args.cache,
                  epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout, probe=args.probe)
+    preflight(cfg)  # bad input and an unusable host: one line, exit 2, before any table
     rec = run(cfg, log=lambda msg: print(f"tapmig: {msg}", file=sys.stderr))
     print(format_record(rec))
     if rec.status != "ok":

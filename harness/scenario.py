@@ -232,11 +232,19 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> RunRecord:
     return rec
 
 
-def _run(cfg: Config, rec: RunRecord, log: Callable[[str], None]) -> None:
+def preflight(cfg: Config) -> Capabilities:
+    """Everything that can be refused before any resource exists, in one line."""
+    caps = probe(cfg.qemu)
+    check_variant(cfg, caps)
     check_host()
+    return caps
+
+
+def _run(cfg: Config, rec: RunRecord, log: Callable[[str], None]) -> None:
     caps = probe(cfg.qemu)
     rec.qemu, rec.qemu_version = caps.qemu, caps.version
     check_variant(cfg, caps)
+    check_host()
     reap_orphans()
     guest = cfg.guest or build_embedded(cfg.cache, log)
     rec.guest = guest.name
