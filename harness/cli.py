@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from harness import measure, ping
+from harness.bench import bench
 from harness.errors import TapmigError
 from harness.guest import build_embedded, default_cache
 from harness.probe import probe
@@ -136,6 +137,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if verdict.regressed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    modes = [m for m in args.mode.split(",") if m]
+    if unknown := [m for m in modes if m not in MODES]:
+        raise TapmigError(f"unknown mode {unknown[0]!r}; use {', '.join(MODES)}")
+    if args.iterations < 1:
+        raise TapmigError(f"--iterations {args.iterations}: give at least 1")
+    preflight(Config(qemu=args.qemu, mode=modes[0], accel=args.accel))
+    lines = bench(args.qemu, modes, args.iterations, args.accel, args.cache,
+                  log=lambda msg: print(f"tapmig: {msg}", file=sys.stderr))
+    print("\n".join(lines))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tapmig", description=__doc__.splitlines()[0] if __doc__
                                 else None)
@@ -187,6 +201,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", default="10%",
                    help="allowed slowdown of the median, '10%%' or '0.1' (default 10%%)")
     c.set_defaults(func=cmd_compare)
+
+    b = sub.add_parser("bench", help="print speed and memory figures against their targets")
+    b.add_argument("--qemu", default="qemu-system-x86_64")
+    b.add_argument("--mode", default="new-tap", help="comma-separated: new-tap,local")
+    b.add_argument("--iterations", type=int, default=3)
+    b.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    b.set_defaults(func=cmd_bench)
 
     g = sub.add_parser("guest", help="the embedded guest")
     gs = g.add_subparsers(dest="guest_command", required=True)
