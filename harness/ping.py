@@ -50,6 +50,7 @@ class Probe:
     rtt_ms: float | None  # None: no answer yet, or an error
     duplicate: bool = False
     error: bool = False  # an ICMP error or a failed send, not a "no answer yet" line
+    send_failed: bool = False  # the prober could not send it: sampled "down" at ts
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def parse(text: str) -> PingLog:
         rtt = m.groupdict().get("rtt")
         probes.append(Probe(float(m.group("ts")), raw + offset,
                             float(rtt) if rtt is not None else None, "(DUP!)" in line,
-                            m.re is ERROR))
+                            m.re is ERROR, "send failed" in line))
     return PingLog(probes, transmitted)
 
 
@@ -88,7 +89,7 @@ class Analysis:
     blackout_ms: float | None
     blackout_start: float | None  # the last reply before the hole
     blackout_end: float | None  # the first reply after it
-    resolution_ms: float | None  # the widest probe spacing inside the hole
+    resolution_ms: float | None  # the probe spacing at the hole's edges
     interval_ms: float | None  # the achieved probe interval over the whole log
     late_replies: int
     late_max_rtt_ms: float | None
@@ -108,6 +109,8 @@ def send_times(log: PingLog) -> dict[int, float]:
     for p in log.probes:
         if p.rtt_ms is not None:
             sends.setdefault(p.seq, p.ts - p.rtt_ms / 1000)
+        elif p.send_failed:
+            sends.setdefault(p.seq, p.ts)
         elif not p.error:
             sends.setdefault(p.seq + 1, p.ts)
     return sends
@@ -142,12 +145,16 @@ def analyze(log: PingLog, window: tuple[float, float] | None = None) -> Analysis
         interval = 1000 * span / (seqs_sorted[-1] - seqs_sorted[0])
     resolution = None
     if best is not None:
-        # The probes that fell in the hole: how finely they sampled it.
-        last_before = next(p for p in replies if p.ts == best[0])
-        lo = sends.get(last_before.seq, best[0])
-        inside = sorted(t for t in sends.values() if lo <= t <= best[1])
-        gaps = [b - a for a, b in itertools.pairwise(inside)]
-        resolution = 1000 * max(gaps) if gaps else 1000 * (best[1] - lo)
+        # The edges are only as sharp as the probes around them: the outage began
+        # between the last answered request and the next one sent, and ended no
+        # earlier than the request before the first answered one after the hole.
+        after = next(p for p in replies if p.ts == best[1])
+        times = sorted(sends.values())
+        lo = sends.get(next(p for p in replies if p.ts == best[0]).seq, best[0])
+        hi = sends.get(after.seq, best[1])
+        gap_start = min((t - lo for t in times if t > lo), default=best[1] - lo)
+        gap_end = min((hi - t for t in times if t < hi), default=hi - lo)
+        resolution = 1000 * max(gap_start, gap_end)
 
     rtts = [p.rtt_ms for p in replies if p.rtt_ms is not None]
     median_rtt = statistics.median(rtts) if rtts else None

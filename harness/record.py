@@ -38,7 +38,7 @@ class RunRecord:
     downtime_ms: float | None = None
     stop_resume_ms: float | None = None
     # How far the figures can be trusted.
-    resolution_ms: float | None = None  # widest probe spacing inside the blackout
+    resolution_ms: float | None = None  # probe spacing at the blackout's edges
     interval_ms: float | None = None  # achieved probe interval over the run
     late_replies: int | None = None
     blackout_start: float | None = None
