@@ -5,7 +5,8 @@ outstanding and the next send is less than a clock tick (10 ms) away, it sleeps
 10 ms instead. So inside an outage, exactly where the resolution matters, it
 samples every 10 ms. This prober sends on a fixed 1 ms schedule regardless,
 takes kernel receive timestamps (SO_TIMESTAMPNS), and prints the very lines of
-`ping -D -O`, so one parser and `tapmig analyze` serve both.
+`ping -D -O` plus one "[ts] sent icmp_seq=N" line per request, so one parser
+and `tapmig analyze` serve both.
 
 Run inside the namespace: `nsenter --net=... python3 -m harness.icmp_probe -i 0.001 HOST`.
 """
@@ -79,6 +80,9 @@ class Prober:
         self.seq += 1
         now = time.time()
         self.sent[self.seq] = now
+        # Not a ping line: the exact send time, so the outage's first edge is known
+        # to one interval (-O alone leaves the first unanswered request's time open).
+        self.emit(f"[{now:.6f}] sent icmp_seq={self.seq & 0xFFFF}")
         try:
             self.sock.sendto(echo_request(self.ident, self.seq), (self.target, 0))
         except OSError as exc:

@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,9 +26,12 @@ from typing import Any
 from harness.errors import TapmigError
 from harness.vm import die_with_parent
 
-# 1 kHz: fine enough for millisecond figures, and a bounded log (~60 KiB/s);
-# an interval of 0 would flood the guest and write megabytes per second.
-DEFAULT_INTERVAL = 0.001
+# About 1 kHz: fine enough for millisecond figures, and a bounded log (~130 KiB
+# per run); an interval of 0 would flood the guest and write megabytes per second.
+# tapmig's prober runs at 0.9 ms so that scheduling jitter still leaves the edge
+# resolution under 1 ms; iputils gets 1 ms, its finest paced interval (below it,
+# it degenerates into a flood).
+INTERVALS = {"tapmig": 0.0009, "iputils": 0.001}
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 # A reply is late when its RTT exceeds both of these: the kernel queued the request.
 LATE_MIN_MS = 5.0
@@ -37,6 +40,7 @@ LATE_FACTOR = 10.0
 _TS = r"^\[(?P<ts>\d+\.\d+)\] "
 REPLY = re.compile(_TS + r"\d+ bytes from .*?icmp_seq=(?P<seq>\d+) .*?time=(?P<rtt>[\d.]+) ms")
 NO_ANSWER = re.compile(_TS + r"no answer yet for icmp_seq=(?P<seq>\d+)")
+SENT = re.compile(_TS + r"sent icmp_seq=(?P<seq>\d+)$")
 ERROR = re.compile(_TS + r"From .*?icmp_seq=(?P<seq>\d+) (?P<what>.*)")
 SUMMARY = re.compile(r"^(?P<tx>\d+) packets transmitted, (?P<rx>\d+) (packets )?received")
 
@@ -57,14 +61,23 @@ class Probe:
 class PingLog:
     probes: list[Probe]
     transmitted: int | None  # from the summary line, when ping was stopped cleanly
+    sent: dict[int, float] = field(default_factory=dict)  # from tapmig's prober only
 
 
 def parse(text: str) -> PingLog:
     """Parse a `ping -D -O` log; sequence numbers are unwrapped past 65535."""
     probes: list[Probe] = []
+    sent: dict[int, float] = {}
     transmitted = None
     offset, last = 0, None
     for line in text.splitlines():
+        if s := SENT.match(line):
+            raw = int(s.group("seq"))
+            if last is not None and raw < last - 32768:
+                offset += 65536
+            last = raw
+            sent[raw + offset] = float(s.group("ts"))
+            continue
         m = REPLY.match(line) or NO_ANSWER.match(line) or ERROR.match(line)
         if m is None:
             if s := SUMMARY.match(line):
@@ -78,7 +91,7 @@ def parse(text: str) -> PingLog:
         probes.append(Probe(float(m.group("ts")), raw + offset,
                             float(rtt) if rtt is not None else None, "(DUP!)" in line,
                             m.re is ERROR, "send failed" in line))
-    return PingLog(probes, transmitted)
+    return PingLog(probes, transmitted, sent)
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,7 @@ class Analysis:
 def send_times(log: PingLog) -> dict[int, float]:
     """When each request left, where the log tells: a reply's timestamp minus its RTT,
     or a "no answer yet for N" line, which ping prints just before it sends N+1."""
-    sends: dict[int, float] = {}
+    sends: dict[int, float] = dict(log.sent)
     for p in log.probes:
         if p.rtt_ms is not None:
             sends.setdefault(p.seq, p.ts - p.rtt_ms / 1000)
@@ -203,20 +216,21 @@ class Pinger:
     """A continuous prober writing `ping -D -O` lines to a log; stopped with SIGINT
     so that it prints its summary.
 
-    probe="tapmig" (harness.icmp_probe) keeps a 1 ms pace through the outage;
+    probe="tapmig" (harness.icmp_probe) keeps its 0.9 ms pace through the outage;
     probe="iputils" is `ping -D -O -i`, which samples an outage only every 10 ms.
     """
 
     def __init__(self, target: str, log: Path, prefix: Sequence[str] = (),
-                 interval: float = DEFAULT_INTERVAL, probe: str = "tapmig") -> None:
+                 interval: float | None = None, probe: str = "tapmig") -> None:
+        if probe not in PROBES:
+            raise TapmigError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
+        interval = interval or INTERVALS[probe]
         if probe == "iputils":
             self.argv = [*prefix, require_iputils(), "-D", "-O", "-n", "-i", f"{interval:g}",
                          target]
-        elif probe == "tapmig":
+        else:
             self.argv = [*prefix, sys.executable, "-m", "harness.icmp_probe",
                          "-i", f"{interval:g}", target]
-        else:
-            raise TapmigError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -67,12 +67,13 @@ class Config:
     boot_timeout: float = 60.0
     migrate_timeout: float = 60.0
     epsilon_ms: float | None = None  # None: EPSILON_MS for the accelerator in use
-    probe_interval: float = ping.DEFAULT_INTERVAL
+    probe_interval: float | None = None  # None: ping.INTERVALS[probe]
     probe: str = "tapmig"  # or "iputils"
     # Fault injection for reliability tests: called as fault(phase, migration, vms) at
     # "booted", "probing" and "switchover" (the migration held at pre-switchover).
     fault: Callable[[str, Migration, dict[str, VM]], None] | None = None
     shm_dir: Path = SHM_DIR
+    qmp_timeout: float = 30.0  # for one QMP reply; a hung QEMU fails the run after this
     settle_s: float = 0.5  # probing before migration starts
     tail_s: float = 0.5  # probing after RESUME
 
@@ -143,7 +144,8 @@ class Migration:
     def launch(self, name: str, incoming: bool) -> VM:
         """A QEMU with no NIC yet, owned by the run's ExitStack."""
         return self.stack.enter_context(VM(name, self.caps.qemu, self.vm_args(incoming),
-                                           self.rundir, prefix=self.ns.exec_prefix()))
+                                           self.rundir, prefix=self.ns.exec_prefix(),
+                                           qmp_timeout=self.cfg.qmp_timeout))
 
     def netdev(self, incoming: bool) -> dict[str, Any]:
         local = self.cfg.mode == "local"
@@ -373,10 +375,12 @@ def _check_window(rec: RunRecord, epsilon_ms: float) -> None:
 def _migration_error(src: VM, dst: VM) -> str:
     try:
         info = src.cmd("query-migrate")
-        desc = str(info.get("error-desc", info.get("status", "")))
+        desc = str(info.get("error-desc", "QEMU gave no error-desc"))
     except VMError as exc:
         desc = str(exc).splitlines()[0]
     err = dst.stderr().strip().splitlines()
+    if dst.proc is not None and dst.proc.poll() is not None:  # e.g. the target was killed
+        desc += f"; the target QEMU exited with status {dst.proc.returncode}"
     return desc + (f" (target said: {err[-1]})" if err else "")
 
 
