@@ -119,10 +119,17 @@ class VM:
                               f"{tail(self.stderr())}")
             time.sleep(0.01)
         self._qmp = QEMUMonitorProtocol(str(self.qmp_path), nickname=self.name)
-        self._qmp.connect()
-        self._qmp.settimeout(self.qmp_timeout)
         self._console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._console.connect(str(self.console_path))
+        try:
+            self._qmp.connect()
+            self._console.connect(str(self.console_path))
+        except (QMPError, OSError) as exc:
+            # QEMU creates its sockets before it parses -device and -kernel, so it
+            # can exit in between; __exit__ never runs for a failed __enter__.
+            self.shutdown()
+            raise VMError(f"{self.name}: QEMU failed at start ({type(exc).__name__}: {exc}):\n"
+                          f"{self.context()}") from exc
+        self._qmp.settimeout(self.qmp_timeout)
         self._reader = threading.Thread(target=self._read_console, daemon=True)
         self._reader.start()
         return self
@@ -217,7 +224,10 @@ class VM:
         except ExecuteError as exc:
             desc = exc.error.error.desc
             raise QMPCommandError(self.name, command, exc.error_class, desc) from exc
-        except (QMPError, OSError, EOFError, TimeoutError) as exc:
+        except TimeoutError as exc:  # QEMU is alive but its monitor does not answer
+            raise VMError(f"{self.name}: {command}: no QMP reply within {self.qmp_timeout:g}s "
+                          f"(QEMU hung or stopped?)\n{self.context()}") from exc
+        except (QMPError, OSError, EOFError) as exc:
             raise VMError(f"{self.name}: {command}: QMP failed ({type(exc).__name__}: {exc})\n"
                           f"{self.context()}") from exc
         self._drain_events()
@@ -245,15 +255,27 @@ class VM:
             if left <= 0:
                 raise VMError(f"{self.name}: no {name} {data or ''} event within {timeout:.0f}s\n"
                               f"{self.context()}")
-            if not self.is_running():
-                raise VMError(f"{self.name}: QEMU died while waiting for {name}\n{self.context()}")
             if self._qmp is None:
                 raise VMError(f"{self.name}: QMP is not connected\n{self.context()}")
+            if not self.is_running():
+                if self._drain_after_exit():
+                    continue
+                raise VMError(f"{self.name}: QEMU died while waiting for {name}\n{self.context()}")
             try:
                 self._drain_events(wait=min(left, 0.5))
             except (QMPError, OSError, EOFError) as exc:
                 raise VMError(f"{self.name}: QMP connection lost waiting for {name}: {exc}\n"
                               f"{self.context()}") from exc
+
+    def _drain_after_exit(self) -> bool:
+        """Read what QEMU sent just before it exited (a MIGRATION failed, say); True if
+        there was anything, so that a death is reported only after QEMU's last words."""
+        before = len(self.events)
+        try:
+            self._drain_events(wait=0.1)
+        except (QMPError, OSError, EOFError):
+            return False
+        return len(self.events) > before
 
     # -- console -------------------------------------------------------------
 
