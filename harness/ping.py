@@ -64,31 +64,35 @@ class PingLog:
     sent: dict[int, float] = field(default_factory=dict)  # from tapmig's prober only
 
 
+def unwrap(raw: int, last: int | None) -> int:
+    """The 16-bit sequence number as the unwrapped value nearest the latest one, so a
+    late reply from before a wrap stays before it instead of jumping ahead."""
+    if last is None:
+        return raw
+    return last + ((raw - last + 32768) % 65536) - 32768
+
+
 def parse(text: str) -> PingLog:
     """Parse a `ping -D -O` log; sequence numbers are unwrapped past 65535."""
     probes: list[Probe] = []
     sent: dict[int, float] = {}
     transmitted = None
-    offset, last = 0, None
+    last: int | None = None  # the latest unwrapped sequence number
     for line in text.splitlines():
         if s := SENT.match(line):
-            raw = int(s.group("seq"))
-            if last is not None and raw < last - 32768:
-                offset += 65536
-            last = raw
-            sent[raw + offset] = float(s.group("ts"))
+            seq = unwrap(int(s.group("seq")), last)
+            last = max(seq, last if last is not None else seq)
+            sent[seq] = float(s.group("ts"))
             continue
         m = REPLY.match(line) or NO_ANSWER.match(line) or ERROR.match(line)
         if m is None:
             if s := SUMMARY.match(line):
                 transmitted = int(s.group("tx"))
             continue
-        raw = int(m.group("seq"))
-        if last is not None and raw < last - 32768:
-            offset += 65536
-        last = raw
+        seq = unwrap(int(m.group("seq")), last)
+        last = max(seq, last if last is not None else seq)
         rtt = m.groupdict().get("rtt")
-        probes.append(Probe(float(m.group("ts")), raw + offset,
+        probes.append(Probe(float(m.group("ts")), seq,
                             float(rtt) if rtt is not None else None, "(DUP!)" in line,
                             m.re is ERROR, "send failed" in line))
     return PingLog(probes, transmitted, sent)
@@ -136,7 +140,7 @@ def analyze(log: PingLog, window: tuple[float, float] | None = None) -> Analysis
     cannot be mistaken for the migration's outage.
     """
     replies = [p for p in log.probes if p.rtt_ms is not None and not p.duplicate]
-    unanswered = [p for p in log.probes if p.rtt_ms is None]
+    unanswered = [p for p in log.probes if p.rtt_ms is None and not p.error]
     seqs = [p.seq for p in log.probes]
     transmitted = log.transmitted if log.transmitted is not None else (
         max(seqs) - min(seqs) + 1 if seqs else 0)
@@ -256,8 +260,8 @@ class Pinger:
         self.proc = None
         text = self.log.read_text(errors="replace")
         if died is not None:
-            raise TapmigError(f"ping exited early with status {died}: "
-                              f"{text.strip().splitlines()[-1:] or 'no output'}")
+            last_line = (text.strip().splitlines() or ["no output"])[-1]
+            raise TapmigError(f"ping exited early with status {died}: {last_line}")
         return text
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
