@@ -85,7 +85,10 @@ def choose(requested: str, qemu: str, guest: Guest, cache: Path,
             log("probing whether KVM can boot the guest (once per QEMU and kernel)...")
             problem = probe_boot(qemu, guest)
             stamp.parent.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(json.dumps({"problem": problem}))
+            # Whole, then renamed: a run in parallel (pytest -n) never reads half a verdict.
+            part = stamp.with_suffix(f".{os.getpid()}.part")
+            part.write_text(json.dumps({"problem": problem}))
+            part.replace(stamp)
     if problem is None:
         return "kvm", "KVM boots the guest"
     if requested == "kvm":
