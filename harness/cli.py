@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from harness import measure, ping
+from harness import measure, ping, rootless
 from harness.bench import bench
 from harness.errors import TapmigError
 from harness.guest import build_embedded, default_cache
@@ -231,10 +231,20 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+# Subcommands that create namespaces and TAPs: a normal user gets rootless mode.
+NEEDS_NET_ADMIN = ("run", "measure", "bench")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if args.command in NEEDS_NET_ADMIN:
+            if rootless.active():
+                rootless.enter()
+            elif not rootless.privileged():
+                rootless.reexec(argv)  # does not return
         return int(args.func(args))
     except KeyboardInterrupt:
         print("tapmig: interrupted; everything it started was cleaned up", file=sys.stderr)

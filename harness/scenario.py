@@ -12,7 +12,6 @@ of the v12 series) with the changes that make it pass under TCG:
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 import shutil
 import time
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import accel, ping
+from harness import accel, ping, rootless
 from harness.errors import TapmigError
 from harness.guest import Guest, build_embedded, default_cache
 from harness.netns import Namespace
@@ -85,19 +84,12 @@ def event_time(ev: dict[str, Any]) -> float:
 
 def check_host() -> None:
     """Refuse early, in one line, what would otherwise fail deep inside a run."""
-    if os.geteuid() != 0 and not _has_cap_net_admin():
+    if not rootless.privileged():
         raise TapmigError("tapmig needs root or CAP_NET_ADMIN to create namespaces and TAPs; "
                           "run it with sudo")
     if not TUN.exists():
         raise TapmigError(f"{TUN} is missing; load the tun module (modprobe tun)")
     ping.require_iputils()
-
-
-def _has_cap_net_admin() -> bool:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) & (1 << 12))
-    return False
 
 
 def check_variant(cfg: Config, caps: Capabilities) -> None:

@@ -1,8 +1,9 @@
 """Bad input and unusable hosts: one line that says what to do, and exit 2, before any run.
 
 Each case runs the real `tapmig` command in a subprocess; nothing is mocked.
-The host conditions are made real too: an unprivileged user via setpriv, a
-PATH without ping, and a private mount namespace where /dev/net/tun is hidden.
+The host conditions are made real too: a PATH without ping, and a private
+mount namespace where /dev/net/tun is hidden. (Unprivileged users are in
+test_rootless.py.)
 """
 
 from __future__ import annotations
@@ -60,15 +61,6 @@ def test_local_mode_on_a_qemu_without_the_series() -> None:
 def test_queues_out_of_range() -> None:
     assert QEMU is not None
     one_line_error(tapmig("run", "--qemu", QEMU, "--queues", "0"), "--queues 0")
-
-
-@needs_qemu
-@needs_root
-def test_not_root() -> None:
-    assert QEMU is not None
-    res = tapmig("run", "--qemu", QEMU, prefix=("setpriv", "--reuid=65534", "--regid=65534",
-                                                 "--clear-groups", "--inh-caps=-all"))
-    one_line_error(res, "root or CAP_NET_ADMIN")
 
 
 @needs_qemu

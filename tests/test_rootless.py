@@ -1,0 +1,100 @@
+"""Rootless mode, as a real unprivileged user created for the test.
+
+The user runs tapmig with no sudo: it re-executes itself in a new user and
+network namespace, creates its TAPs there and migrates a real guest. Where a
+normal user cannot have namespaces, tapmig must say exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import rootless
+from harness.guest import Guest, default_cache
+
+REPO = Path(__file__).resolve().parent.parent
+USER = f"tapmig-rl{os.getpid() % 100000}"
+SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
+    / "site-packages"
+SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root to create the unprivileged test user")
+
+
+@pytest.fixture
+def user(tmp_path: Path) -> Iterator[pwd.struct_passwd]:
+    """A throwaway unprivileged user with a home; removed with its files afterwards."""
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True,
+                   capture_output=True, timeout=30)
+    try:
+        yield pwd.getpwnam(USER)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True, timeout=10)
+        subprocess.run(["userdel", "--remove", USER], capture_output=True, timeout=30)
+
+
+def as_user(user: pwd.struct_passwd, args: list[str], env: dict[str, str],
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run tapmig as the user with the system interpreter (the venv's may sit under /root)
+    and the project's pure-Python dependencies on its path."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+         "--inh-caps=-all", "env", "-i", f"HOME={user.pw_dir}", f"USER={user.pw_name}",
+         f"PYTHONPATH={REPO}:{SITE}", *[f"{k}={v}" for k, v in env.items()],
+         str(SYSTEM_PYTHON), "-m", "harness.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd="/")
+
+
+def readable_by(user: pwd.struct_passwd, path: Path) -> bool:
+    res = subprocess.run(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                          "--init-groups", "test", "-r", str(path)], timeout=10)
+    return res.returncode == 0
+
+
+def test_refused_with_the_missing_piece_named(user: pwd.struct_passwd) -> None:
+    """No unshare on PATH: rootless mode is impossible, and the message says why."""
+    if not SYSTEM_PYTHON.exists() or not readable_by(user, REPO / "harness" / "cli.py"):
+        pytest.skip(f"{SYSTEM_PYTHON} or the clone at {REPO} is not usable by a normal user")
+    res = as_user(user, ["run", "--qemu", "/usr/bin/qemu-system-x86_64"],
+                  {"PATH": "/nonexistent"}, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == (
+        "tapmig: error: tapmig needs root or CAP_NET_ADMIN, or unprivileged user namespaces "
+        "for rootless mode, but unshare (util-linux) is not installed; run it with sudo")
+
+
+@pytest.mark.kvm
+def test_rootless_migration(user: pwd.struct_passwd, guest: Guest, tmp_path: Path) -> None:
+    if (why := rootless.missing()) is not None:
+        pytest.skip(f"this host gives normal users no namespaces: {why}")
+    if not SYSTEM_PYTHON.exists() or not readable_by(user, REPO / "harness" / "cli.py"):
+        pytest.skip(f"{SYSTEM_PYTHON} or the clone at {REPO} is not usable by a normal user")
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    # Share the embedded guest already built (same key) instead of rebuilding as the user.
+    assert guest.kernel is not None
+    cache = Path(user.pw_dir) / "cache"
+    shutil.copytree(guest.kernel.parent, cache / "guest" / guest.kernel.parent.name)
+    out = Path(user.pw_dir) / "out"
+    subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(cache)], check=True)
+    res = as_user(user, ["run", "--qemu", qemu, "--out", str(out)],
+                  {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TAPMIG_CACHE": str(cache)})
+    assert res.returncode == 0, res.stderr
+    assert "status          ok" in res.stdout
+    record = (out / "record.json").read_text()
+    assert '"status": "ok"' in record
+    # Nothing of the user's left: its namespaces died with it; files were removed.
+    leftovers = [p for p in Path("/dev/shm").iterdir() if p.owner() == user.pw_name]
+    leftovers += [p for p in Path("/tmp").glob("tapmig-*") if p.owner() == user.pw_name]
+    assert leftovers == []
+    assert default_cache() != cache  # the user's cache was its own
