@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.errors import TapmigError
-from harness.guest import Guest
+from harness.guest import Guest, build_embedded
 from harness.vm import VM, VMError
 
 KVM = Path("/dev/kvm")
@@ -47,11 +47,12 @@ def kvm_problem() -> str | None:
 
 def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str | None:
     """Boot the guest kernel under KVM until its first printk; None if it printed."""
+    initrd = ["-initrd", str(guest.initrd)] if guest.initrd is not None else []
     with tempfile.TemporaryDirectory(prefix="tapmig-kvmprobe-") as tmp:
         vm = VM("kvm-probe", qemu, [
             "-machine", "q35", "-accel", "kvm", "-m", "256", "-nodefaults", "-display", "none",
-            "-no-reboot", *firmware_args(), "-kernel", str(guest.kernel),
-            "-initrd", str(guest.initrd), "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1",
+            "-no-reboot", *firmware_args(), "-kernel", str(guest.kernel), *initrd,
+            "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1",
         ], Path(tmp))
         try:
             with vm:
@@ -75,6 +76,10 @@ def choose(requested: str, qemu: str, guest: Guest, cache: Path,
         return "tcg", "TCG requested with --accel tcg"
     problem = kvm_problem()
     if problem is None:
+        # An ISO guest's kernel sits inside the ISO, where a probe cannot -kernel it, and
+        # a distribution's boot prints no line early enough to time: probe the embedded one.
+        if guest.kernel is None:
+            guest = build_embedded(cache, log)
         st = os.stat(qemu)
         key = hashlib.sha256(json.dumps([qemu, st.st_size, st.st_mtime, str(guest.kernel),
                                          platform.release()]).encode()).hexdigest()[:16]

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from harness import measure, ping, rootless
+from harness import assets, measure, ping, rootless
 from harness.bench import bench
 from harness.errors import TapmigError
-from harness.guest import build_embedded, default_cache
+from harness.guest import build_embedded, default_cache, resolve
 from harness.probe import probe
 from harness.record import MODES, RunRecord
 from harness.report import compare, load_report, parse_threshold, render_markdown
@@ -29,11 +29,27 @@ def _out_dir(value: str) -> Path:
     return Path(value)
 
 
+def _log(msg: str) -> None:
+    print(f"tapmig: {msg}", file=sys.stderr)
+
+
+GUEST_HELP = ("guest to boot: a name from assets.toml (default: embedded; see `tapmig assets "
+              "list`) or kernel:PATH[,initrd:PATH]")
+
+
+def _guest_spec(value: str | None) -> tuple[assets.Manifest, assets.GuestSpec]:
+    """--guest, checked before anything runs; without it, the manifest's default guest."""
+    manifest = assets.load_manifest()
+    return manifest, assets.parse_guest(value or manifest.default, manifest)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    manifest, spec = _guest_spec(args.guest)
     cfg = Config(qemu=args.qemu, mode=args.mode, accel=args.accel, vhost=args.vhost,
                  queues=args.queues, ram_mib=args.ram, out=args.out, cache=args.cache,
                  epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout, probe=args.probe)
     preflight(cfg)  # bad input and an unusable host: one line, exit 2, before any table
+    cfg.guest = resolve(spec, manifest, args.cache, _log)  # a download comes after preflight
     rec = run(cfg, log=lambda msg: print(f"tapmig: {msg}", file=sys.stderr))
     print(format_record(rec))
     if rec.status != "ok":
@@ -109,10 +125,12 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
 def cmd_measure(args: argparse.Namespace) -> int:
     iterations = measure.check_iterations(args.iterations)
     modes = measure.parse_modes(args.mode)
+    manifest, spec = _guest_spec(args.guest)
     measure.prepare_out(args.out)
     plan = measure.Plan(builds=measure.resolve_builds(args.qemu), modes=modes,
                         iterations=iterations, out=args.out, accel=args.accel,
-                        queues=args.queues, cache=args.cache)
+                        queues=args.queues, cache=args.cache,
+                        guest=resolve(spec, manifest, args.cache, measure.stderr_log))
     plan = measure.preflight(plan, measure.stderr_log)
     measure.stderr_log(f"{plan.total} runs: {iterations} iterations x {len(modes)} modes x "
                        f"{len(plan.builds)} builds, interleaved")
@@ -127,6 +145,28 @@ def cmd_measure(args: argparse.Namespace) -> int:
         measure.stderr_log("error: no combination is supported by the given builds; "
                            "nothing was measured")
     return outcome.exit_code
+
+
+def cmd_assets_list(args: argparse.Namespace) -> int:
+    """Each asset with where its file is (or goes, for an offline user to put it there)."""
+    manifest = assets.load_manifest()
+    cache = assets.cache_dir(args.cache)
+    for asset in manifest.assets.values():
+        print(f"{asset.name}  ({asset.kind})  {asset.description}")
+        if asset.url is None:
+            print("  built locally, never downloaded")
+            continue
+        path = assets.asset_path(asset, cache)
+        print(f"  {'cached' if path.exists() else 'missing'}: {path}\n  from {asset.url}")
+    print(f"guests: {', '.join(manifest.guests)} (default {manifest.default}), "
+          "kernel:PATH[,initrd:PATH]")
+    return 0
+
+
+def cmd_assets_fetch(args: argparse.Namespace) -> int:
+    asset = assets.load_manifest().asset(args.name)
+    print(assets.fetch(asset, assets.cache_dir(args.cache), offline=args.offline))
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -171,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--boot-timeout", type=float, default=60.0)
     r.add_argument("--probe", choices=ping.PROBES, default="tapmig",
                    help="tapmig: 1 ms pace through the outage (default); iputils: ping -D -O")
+    r.add_argument("--guest", help=GUEST_HELP)
     r.set_defaults(func=cmd_run)
 
     a = sub.add_parser("analyze", help="analyse a saved `ping -D -O` log, as JSON")
@@ -193,6 +234,7 @@ def parser() -> argparse.ArgumentParser:
                    help="new directory for report.{json,md,html}, records/ and runs/")
     m.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     m.add_argument("--queues", type=int, default=4)
+    m.add_argument("--guest", help=GUEST_HELP)
     m.set_defaults(func=cmd_measure)
 
     c = sub.add_parser("compare", help="regression verdict between two report.json files")
@@ -208,6 +250,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--iterations", type=int, default=3)
     b.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("assets", help="the downloadable guest files of assets.toml")
+    ss = s.add_subparsers(dest="assets_command", required=True)
+    ss.add_parser("list", help="every asset, and whether it is cached").set_defaults(
+        func=cmd_assets_list)
+    sf = ss.add_parser("fetch", help="download one asset into the cache and verify it")
+    sf.add_argument("name", help="an asset name from `tapmig assets list`")
+    sf.add_argument("--offline", action="store_true",
+                    help="never use the network: fail unless it is cached (or TAPMIG_OFFLINE=1)")
+    sf.set_defaults(func=cmd_assets_fetch)
 
     g = sub.add_parser("guest", help="the embedded guest")
     gs = g.add_subparsers(dest="guest_command", required=True)

@@ -1,9 +1,13 @@
-"""The embedded default guest: Debian's current kernel plus a busybox initramfs.
+"""Guests: how QEMU boots one and how its eth0 gets tapmig's address.
 
-Built offline from Debian packages only, so tapmig needs no image download.
-The kernel is resolved through apt at build time (``linux-image-amd64`` points
-at the current ABI), and the result is cached under a key made of every input,
-so a kernel security update produces a new guest instead of a stale one.
+Three boot methods sit behind one Guest: the embedded default (Debian's
+current kernel plus a busybox initramfs, built offline from Debian packages, so
+tapmig needs no image download), an ISO booted as a CD-ROM (upstream's Alpine),
+and a kernel booted directly (Fedora's pxeboot files, or the user's own).
+
+The embedded kernel is resolved through apt at build time (``linux-image-amd64``
+points at the current ABI), and the result is cached under a key made of every
+input, so a kernel security update produces a new guest instead of a stale one.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.assets import GuestSpec, Manifest, cache_dir, fetch
 from harness.errors import TapmigError
 from harness.vm import VM
 
@@ -52,25 +58,80 @@ exec setsid cttyhack sh -i
 """
 
 
+# Console guests: upstream logs in as root and waits for a root prompt. The quotes in
+# the command keep its echo from matching the marker it waits for.
+LOGIN = "login:"
+SHELL_PROMPT = "# "
+NET_OK = "TAPMIG-NET-OK"
+NET_FAILED = "TAPMIG-NET-FAILED"
+NET_UP = ('ip addr add {cidr} dev eth0 && ip link set eth0 up && echo TAPMIG-NET-"OK" '
+          '|| echo TAPMIG-NET-"FAILED"')
+
+
 @dataclass(frozen=True)
 class Guest:
-    """What a VM needs to boot a guest and bring its network up."""
+    """What a VM needs to boot a guest and bring its network up: the one interface scenario uses.
+
+    It boots from kernel (+ initrd) directly, or from iso as a CD-ROM. The
+    embedded initramfs takes its address from the kernel command line; any
+    console_login guest is logged into as root on ttyS0 and configured there,
+    as upstream's test does with its Alpine ISO. kernel is None only for an ISO.
+    """
 
     name: str
-    kernel: Path
-    initrd: Path
-    ready: str = READY
-    prompt: str = PROMPT
+    kernel: Path | None = None
+    initrd: Path | None = None
+    iso: Path | None = None
+    console_login: bool = False
+
+    def __post_init__(self) -> None:
+        iso_without_login = self.iso is not None and not self.console_login
+        if (self.kernel is None) == (self.iso is None) or iso_without_login:
+            raise ValueError(f"guest {self.name}: give a kernel, or an ISO with console_login")
 
     def boot_args(self, ip_cidr: str) -> list[str]:
+        if self.iso is not None:
+            # -nodefaults leaves q35's AHCI empty: attach the ISO there and boot from it.
+            drive = f"file={str(self.iso).replace(',', ',,')},media=cdrom,format=raw,readonly=on"
+            return ["-drive", drive, "-boot", "d"]
+        initrd = ["-initrd", str(self.initrd)] if self.initrd is not None else []
+        # A dracut initrd (Fedora's) would wait for a root disk or installer medium that
+        # tapmig never gives; rd.break=initqueue stops it at a root shell. Others ignore it.
+        how = "rd.break=initqueue" if self.console_login else f"tapmig.ip={ip_cidr}"
         # panic=-1 with -no-reboot turns a guest panic into a QEMU exit we see at once.
-        return ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
-                "-append", f"console=ttyS0 quiet panic=-1 tapmig.ip={ip_cidr}"]
+        return ["-kernel", str(self.kernel), *initrd,
+                "-append", f"console=ttyS0 quiet panic=-1 {how}"]
 
     def bring_up(self, vm: VM, ip_cidr: str, timeout: float) -> None:
         """Wait until the guest has eth0 configured and a shell on the console."""
-        vm.wait_console(self.ready, timeout=timeout)
-        vm.wait_console(self.prompt, timeout=timeout)
+        if not self.console_login:
+            vm.wait_console(READY, timeout=timeout)
+            vm.wait_console(PROMPT, timeout=timeout)
+            return
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.1)
+
+        # An ISO boots a distribution to its login prompt; a kernel's initrd may give a shell.
+        first = LOGIN if self.iso is not None else f"{LOGIN}|{SHELL_PROMPT}"
+        if vm.wait_console(first, timeout=left()).group(0) == LOGIN:
+            vm.run_console("root", SHELL_PROMPT, timeout=left())
+        vm.run_console(NET_UP.format(cidr=ip_cidr), NET_OK, failure=NET_FAILED, timeout=left())
+
+
+def resolve(spec: GuestSpec, manifest: Manifest, cache: Path,
+            log: Callable[[str], None] = print) -> Guest:
+    """The Guest a parsed --guest names: built, fetched and verified, or the user's own files."""
+    if spec.kind == "embedded":
+        return build_embedded(cache, log)
+    files = dict(spec.paths)
+    for role, asset in spec.assets.items():
+        files[role] = fetch(manifest.asset(asset), cache_dir(cache))
+    if spec.kind == "iso":
+        return Guest(spec.name, iso=files["iso"], console_login=True)
+    name = spec.name if spec.assets else f"{spec.name}:{files['kernel']}"
+    return Guest(name, kernel=files["kernel"], initrd=files.get("initrd"), console_login=True)
 
 
 def default_cache() -> Path:
@@ -140,7 +201,7 @@ def module_order(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
     return order
 
 
-def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+def cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     """An initramfs archive, written here so that no cpio tool or root-owned tree is needed."""
     out = io.BytesIO()
     for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
@@ -168,7 +229,7 @@ def _initramfs(busybox: bytes, root: Path, release: str, modules: list[str]) -> 
         data = (root / "lib/modules" / release / path).read_bytes()
         entries.append((f"lib/modules/{name}", stat.S_IFREG | 0o644, data))
     entries.append(("etc/modules.order", stat.S_IFREG | 0o644, ("\n".join(names) + "\n").encode()))
-    return gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
+    return gzip.compress(cpio_newc(entries), compresslevel=6, mtime=0)
 
 
 def build_embedded(cache: Path | None = None, log: Callable[[str], None] = print) -> Guest:
