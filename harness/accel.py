@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness.errors import TapmigError
 from harness.guest import Guest, build_embedded
+from harness.probe import device_problem
 from harness.vm import VM, VMError
 
 KVM = Path("/dev/kvm")
@@ -36,13 +37,7 @@ def firmware_args() -> list[str]:
 
 
 def kvm_problem() -> str | None:
-    if not KVM.exists():
-        return f"{KVM} is missing"
-    try:
-        os.close(os.open(KVM, os.O_RDWR))
-    except OSError as exc:
-        return f"{KVM} cannot be opened: {exc.strerror}"
-    return None
+    return device_problem(KVM)
 
 
 def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str | None:

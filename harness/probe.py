@@ -63,14 +63,19 @@ def resolve_qemu(qemu: str) -> str:
     return os.path.abspath(path)
 
 
-def vhost_net_problem() -> str | None:
-    if not VHOST_NET.exists():
-        return f"{VHOST_NET} is missing (no vhost-net module or device on this host)"
+def device_problem(path: Path, missing_hint: str = "") -> str | None:
+    """Why a device node is unusable (missing, or refusing to open), or None."""
+    if not path.exists():
+        return f"{path} is missing{missing_hint}"
     try:
-        os.close(os.open(VHOST_NET, os.O_RDWR))
+        os.close(os.open(path, os.O_RDWR))
     except OSError as exc:
-        return f"{VHOST_NET} cannot be opened: {exc.strerror}"
+        return f"{path} cannot be opened: {exc.strerror}"
     return None
+
+
+def vhost_net_problem() -> str | None:
+    return device_problem(VHOST_NET, " (no vhost-net module or device on this host)")
 
 
 def _members(schema: dict[str, dict[str, Any]], type_name: str) -> set[str]:

@@ -197,9 +197,9 @@ class Migration:
         return status
 
     def guest_pings_host(self, vm: VM) -> None:
-        # busybox ping prints "1 packets received" only when the reply came in time.
-        vm.run_console(f"ping -c 1 -W 3 {HOST_IP}", r"1 packets received",
-                       failure=r"0 packets received", timeout=20)
+        # "1 packets received" (busybox) or "1 received" (iputils), only if in time.
+        vm.run_console(f"ping -c 1 -W 3 {HOST_IP}", r" 1 (packets )?received",
+                       failure=r" 0 (packets )?received", timeout=20)
 
     def host_pings_guest(self) -> None:
         if not ping.ping_once(self.ns.exec_prefix(), GUEST_IP, timeout_s=3):
