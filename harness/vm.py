@@ -109,6 +109,19 @@ class VM:
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,
             )
+        try:
+            self._connect(timeout)
+        except BaseException:
+            # __exit__ never runs for a failed __enter__: reap QEMU here, after a
+            # timeout or a Ctrl-C as much as after an error.
+            self.shutdown()
+            raise
+        self._reader = threading.Thread(target=self._read_console, daemon=True)
+        self._reader.start()
+        return self
+
+    def _connect(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while not (self.qmp_path.exists() and self.console_path.exists()):
             if self.proc.poll() is not None:
@@ -124,15 +137,12 @@ class VM:
             self._qmp.connect()
             self._console.connect(str(self.console_path))
         except (QMPError, OSError) as exc:
-            # QEMU creates its sockets before it parses -device and -kernel, so it
-            # can exit in between; __exit__ never runs for a failed __enter__.
+            # QEMU creates its sockets before it parses -device and -kernel, so it can
+            # exit in between: reap it first, for its exit status and stderr.
             self.shutdown()
             raise VMError(f"{self.name}: QEMU failed at start ({type(exc).__name__}: {exc}):\n"
                           f"{self.context()}") from exc
         self._qmp.settimeout(self.qmp_timeout)
-        self._reader = threading.Thread(target=self._read_console, daemon=True)
-        self._reader.start()
-        return self
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
