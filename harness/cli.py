@@ -6,11 +6,13 @@ host, 130 interrupted (after everything was cleaned up).
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -283,6 +285,19 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _redeliver(hook: sys.UnraisableHookArgs) -> None:
+    """Python swallows what an at-fork callback raises, and logging runs one around every
+    fork with a preexec_fn (each QEMU and prober start): a Ctrl-C or SIGTERM handled
+    there was lost and the run went on. Deliver it again, once out of the callback."""
+    if (hook.exc_type is not None and issubclass(hook.exc_type, KeyboardInterrupt)
+            and os.getpid() == _OWNER):
+        timer = threading.Timer(0.01, _thread.interrupt_main)
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(hook)
+
+
 # Subcommands that create namespaces and TAPs: a normal user gets rootless mode.
 NEEDS_NET_ADMIN = ("run", "measure", "bench")
 
@@ -291,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _redeliver
     try:
         if args.command in NEEDS_NET_ADMIN:
             if rootless.active():
