@@ -132,6 +132,8 @@ def ratios(records: list[RunRecord], combos: list[dict[str, Any]]) -> list[dict[
             for metric in JUDGED:
                 nv = _values(groups[(num["qemu"], num["mode"])], metric)
                 dv = _values(groups[(den["qemu"], den["mode"])], metric)
+                if not nv or not dv:
+                    continue  # a side that never ran (unsupported, all failed): no ratio
                 defined = bool(nv) and bool(dv) and statistics.median(dv) > 0
                 out.append({
                     "metric": metric, "label": label, "num": num["key"], "den": den["key"],
@@ -142,8 +144,11 @@ def ratios(records: list[RunRecord], combos: list[dict[str, Any]]) -> list[dict[
 
 
 def _meta(records: list[RunRecord], meta: dict[str, str]) -> dict[str, str]:
+    ran = [r for r in records if r.status != "unsupported"] or records
+
     def distinct(attr: str) -> str:
-        return ", ".join(sorted({str(getattr(r, attr)) for r in records if getattr(r, attr)}))
+        # Unsupported records stop before choosing an accelerator; they would show "auto".
+        return ", ".join(sorted({str(getattr(r, attr)) for r in ran if getattr(r, attr)}))
 
     derived = {
         "qemu_versions": "; ".join(dict.fromkeys(f"{r.qemu_version} ({r.qemu})" for r in records)),
