@@ -48,9 +48,11 @@ def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str |
             "-machine", "q35", "-accel", "kvm", "-m", "256", "-nodefaults", "-display", "none",
             "-no-reboot", *firmware_args(), "-kernel", str(guest.kernel), *initrd,
             "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1",
+            "-S",  # no RESUME racing the QMP greeting (see probe.probe); cont once connected
         ], Path(tmp))
         try:
             with vm:
+                vm.cmd("cont")
                 vm.wait_console(r"Linux version", timeout=timeout)
         except VMError:
             err = vm.stderr().strip().splitlines()

@@ -96,7 +96,9 @@ def probe(qemu: str) -> Capabilities:
     """Start the binary with no machine and ask it (about a second)."""
     binary = resolve_qemu(qemu)
     with tempfile.TemporaryDirectory(prefix="tapmig-probe-") as tmp:
-        vm = VM("probe", binary, ["-machine", "none", "-nodefaults", "-display", "none"],
+        # -S: no RESUME at start. QEMU 7.2 can send an event that races our connect ahead
+        # of the QMP greeting, and qemu.qmp then refuses the session.
+        vm = VM("probe", binary, ["-machine", "none", "-nodefaults", "-display", "none", "-S"],
                 Path(tmp))
         with vm:
             v = vm.cmd("query-version")
