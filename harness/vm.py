@@ -151,14 +151,19 @@ class VM:
         """quit, then wait, then SIGTERM, then SIGKILL: by PID, only our own process."""
         if os.getpid() != self._owner:
             return  # a forked child unwinding must not shut down its parent's QEMU
+        told = False
         if self.proc is not None and self.proc.poll() is None and self._qmp is not None:
             try:
                 self._qmp.cmd_obj({"execute": "quit"})
+                told = True
             except Exception:  # teardown must go on to the signals below
                 pass
         self._close_qmp()
         if self.proc is not None:
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            # A QEMU that never got the quit (QMP broken, e.g. by a Ctrl-C mid-command)
+            # is not going to exit on its own: no point waiting for it before SIGTERM.
+            first = (None,) if told else ()
+            for sig in (*first, signal.SIGTERM, signal.SIGKILL):
                 if sig is not None and self.proc.poll() is None:
                     self.proc.send_signal(sig)
                 try:
