@@ -6,7 +6,6 @@ host, 130 interrupted (after everything was cleaned up).
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import json
 import os
@@ -288,10 +287,12 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def _redeliver(hook: sys.UnraisableHookArgs) -> None:
     """Python swallows what an at-fork callback raises, and logging runs one around every
     fork with a preexec_fn (each QEMU and prober start): a Ctrl-C or SIGTERM handled
-    there was lost and the run went on. Deliver it again, once out of the callback."""
+    there was lost and the run went on. Deliver it again, once out of the callback, as a
+    real SIGTERM to the main thread, so that a blocking wait there is cut short too."""
     if (hook.exc_type is not None and issubclass(hook.exc_type, KeyboardInterrupt)
             and os.getpid() == _OWNER):
-        timer = threading.Timer(0.01, _thread.interrupt_main)
+        timer = threading.Timer(0.01, signal.pthread_kill,
+                                (threading.main_thread().ident, signal.SIGTERM))
         timer.daemon = True
         timer.start()
         return
