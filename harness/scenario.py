@@ -296,7 +296,7 @@ def _migrate(m: Migration, rec: RunRecord, log: Callable[[str], None]) -> None:
             if status != "completed":
                 raise TapmigError(f"migration {status} on the {vm.name}: "
                                   f"{_migration_error(src, dst)}")
-        states = src.cmd("query-status")["status"], dst.cmd("query-status")["status"]
+        states = _runstate_past(src, "finish-migrate"), dst.cmd("query-status")["status"]
         if states != ("postmigrate", "paused"):
             raise TapmigError(f"after migration the source is {states[0]} and the target "
                               f"{states[1]}; expected postmigrate and paused")
@@ -362,6 +362,17 @@ def _check_window(rec: RunRecord, epsilon_ms: float) -> None:
             f"blackout [{rec.blackout_start:.6f}, {rec.blackout_end:.6f}] lies outside "
             f"[STOP - {epsilon_ms:g} ms, RESUME + {epsilon_ms:g} ms] = "
             f"[{rec.stop_ts - eps:.6f}, {rec.resume_ts + eps:.6f}]")
+
+
+def _runstate_past(vm: VM, transient: str, timeout: float = 5.0) -> str:
+    """The runstate once QEMU has left `transient`: the source announces MIGRATION
+    completed a moment before it moves from finish-migrate to postmigrate."""
+    deadline = time.monotonic() + timeout
+    while (state := str(vm.cmd("query-status")["status"])) == transient:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return state
 
 
 def _migration_error(src: VM, dst: VM) -> str:
