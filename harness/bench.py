@@ -6,6 +6,7 @@ toothless; `tapmig bench` reports the figures for people (and notes) instead.
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import tempfile
@@ -63,7 +64,7 @@ def bench(qemu: str, modes: list[str], iterations: int, accel: str, cache: Path,
     log_kib: dict[str, list[float]] = {}
     for i in range(iterations):
         for mode in modes:
-            with tempfile.TemporaryDirectory(prefix="tapmig-bench-") as out:
+            with tempfile.TemporaryDirectory(prefix=f"tapmig-{os.getpid()}-bench-") as out:
                 rec = run(Config(qemu=qemu, mode=mode, accel=accel, cache=cache, guest=guest,
                                  out=Path(out)), log=lambda _msg: None)
                 if (ping_log := Path(out) / "ping.log").exists():
