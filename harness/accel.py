@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness.errors import TapmigError
 from harness.guest import Guest, build_embedded
+from harness.netns import PREFIX
 from harness.probe import device_problem
 from harness.vm import VM, VMError
 
@@ -43,7 +44,7 @@ def kvm_problem() -> str | None:
 def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str | None:
     """Boot the guest kernel under KVM until its first printk; None if it printed."""
     initrd = ["-initrd", str(guest.initrd)] if guest.initrd is not None else []
-    with tempfile.TemporaryDirectory(prefix="tapmig-kvmprobe-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-kvmprobe-") as tmp:
         vm = VM("kvm-probe", qemu, [
             "-machine", "q35", "-accel", "kvm", "-m", "256", "-nodefaults", "-display", "none",
             "-no-reboot", *firmware_args(), "-kernel", str(guest.kernel), *initrd,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import TapmigError
+from harness.netns import PREFIX
 from harness.vm import VM
 
 VHOST_NET = Path("/dev/vhost-net")
@@ -95,7 +96,7 @@ def _schema_facts(entries: list[dict[str, Any]]) -> tuple[bool, bool]:
 def probe(qemu: str) -> Capabilities:
     """Start the binary with no machine and ask it (about a second)."""
     binary = resolve_qemu(qemu)
-    with tempfile.TemporaryDirectory(prefix="tapmig-probe-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-probe-") as tmp:
         # -S: no RESUME at start. QEMU 7.2 can send an event that races our connect ahead
         # of the QMP greeting, and qemu.qmp then refuses the session.
         vm = VM("probe", binary, ["-machine", "none", "-nodefaults", "-display", "none", "-S"],
