@@ -240,18 +240,29 @@ def test_ctrl_c_to_the_process_group(tapmig_run: Callable[..., TapmigRun]) -> No
     gone(r)
 
 
+def in_capability_probe(r: TapmigRun) -> None:
+    """The QEMU that tapmig asks what it can do runs, in its own temporary run dir."""
+    r.until(lambda: r.has_child(Path(r.qemu).name, "probe.qmp"), "the capability probe")
+
+
+@pytest.mark.parametrize(("phase", "orphans"), [
+    (in_capability_probe, {"rundir"}),
+    (probing, {"netns", "shm", "rundir"}),
+], ids=["capability-probe", "probing"])
 @pytest.mark.kvm
 @pytest.mark.usefixtures("root_with_tun")
 def test_sigkill_leaves_orphans_that_the_next_run_reaps(
-        tapmig_run: Callable[..., TapmigRun]) -> None:
+        tapmig_run: Callable[..., TapmigRun], phase: Callable[[TapmigRun], None],
+        orphans: set[str]) -> None:
     """Nothing runs after SIGKILL: QEMU and the prober die with tapmig (PR_SET_PDEATHSIG),
-    and its namespace, RAM file and run dir stay until reap_orphans, which every run
-    calls first, removes them because their owner PID is dead."""
+    and what it created stays until reap_orphans, which every run calls first, removes
+    it because its owner PID is dead. That needs every name to carry the PID: the
+    capability probe's temporary dir once did not, and was never reaped."""
     r = tapmig_run()
-    probing(r)
+    phase(r)
     r.kill()
     kinds = {entry.split()[0] for entry in resources.leftovers(r.pid)}
-    assert kinds == {"netns", "shm", "rundir"}
+    assert kinds == orphans
     deadline = time.monotonic() + 10
     while alive(r.kids) and time.monotonic() < deadline:
         time.sleep(0.05)
