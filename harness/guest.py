@@ -12,6 +12,7 @@ input, so a kernel security update produces a new guest instead of a stale one.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.assets import GuestSpec, Manifest, cache_dir, fetch
 from harness.errors import TapmigError
@@ -248,8 +250,19 @@ def build_embedded(cache: Path | None = None, log: Callable[[str], None] = print
     guest = Guest(name=f"embedded:{kpkg}", kernel=out / "vmlinuz", initrd=out / "initrd.gz")
     if (out / "inputs.json").exists():
         return guest
-    log(f"building the embedded guest from {inputs['kernel']} and {inputs['busybox']}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel runs (pytest -n 2, two tapmig runs) on an empty cache: one builds, the
+    # other waits for it and then finds the result.
+    with open(out.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "inputs.json").exists():
+            _assemble(inputs, kpkg, key, out, log)
+    return guest
+
+
+def _assemble(inputs: dict[str, Any], kpkg: str, key: str, out: Path,
+              log: Callable[[str], None]) -> None:
+    log(f"building the embedded guest from {inputs['kernel']} and {inputs['busybox']}")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{key}.") as tmpname:
         tmp = Path(tmpname)
         root = tmp / "root"
@@ -270,5 +283,4 @@ def build_embedded(cache: Path | None = None, log: Callable[[str], None] = print
         shutil.rmtree(out, ignore_errors=True)
         stage.rename(out)
     log(f"embedded guest cached in {out}")
-    return guest
 
