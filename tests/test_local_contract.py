@@ -78,6 +78,16 @@ def test_device_on_incoming_fds_netdev_needs_incoming_qemu(lab: Migration) -> No
         "GenericError", "Peers wait for incoming, but it's not an incoming migration.")
 
 
+def start_target(lab: Migration, netdev: dict[str, Any],
+                 nic: dict[str, Any] | None = None) -> VM:
+    """An incoming QEMU with the given netdev, the NIC, and local=true."""
+    dst = lab.launch("target", incoming=True)
+    dst.cmd("netdev_add", netdev)
+    dst.cmd("device_add", {**lab.nic(), **(nic or {})})
+    lab.prepare_migration(dst, local=True)
+    return dst
+
+
 def source_still_serves(lab: Migration, src: VM) -> None:
     assert src.cmd("query-status")["status"] == "running"
     lab.guest_pings_host(src)
@@ -87,10 +97,7 @@ def source_still_serves(lab: Migration, src: VM) -> None:
 def test_local_over_tcp_fails_and_source_keeps_serving(lab: Migration) -> None:
     """TCP cannot carry fds: the source's save of virtio-net fails, the guest stays put."""
     src = lab.boot_source()
-    dst = lab.launch("target", incoming=True)
-    dst.cmd("netdev_add", lab.netdev(incoming=True))
-    dst.cmd("device_add", lab.nic())
-    lab.prepare_migration(dst, local=True)
+    dst = start_target(lab, lab.netdev(incoming=True))
     uri = "tcp:127.0.0.1:4444"  # loopback of the private namespace
     dst.cmd("migrate-incoming", uri=uri)
     src.cmd("migrate", uri=uri)
@@ -110,10 +117,7 @@ def test_target_tap_opened_normally_fails_the_target(lab: Migration) -> None:
     """local=true on both sides, but the target opened tap0 itself: it refuses the fds.
     The source has no return path, so it reports completed and stays stopped."""
     src = lab.boot_source()
-    dst = lab.launch("target", incoming=True)
-    dst.cmd("netdev_add", lab.netdev(incoming=False))  # ifname=tap0, opened normally
-    dst.cmd("device_add", lab.nic())
-    lab.prepare_migration(dst, local=True)
+    dst = start_target(lab, lab.netdev(incoming=False))  # ifname=tap0, opened normally
     assert migrate_over_unix(lab, src, dst) == ("completed", "failed")
     assert src.cmd("query-status")["status"] == "postmigrate"
     assert dst.proc is not None
@@ -126,10 +130,7 @@ def test_target_tap_opened_normally_fails_the_target(lab: Migration) -> None:
                    "target's open reset tap0's device-wide vnet header/offload settings)")
 def test_source_recovers_after_target_opened_tap_normally(lab: Migration) -> None:
     src = lab.boot_source()
-    dst = lab.launch("target", incoming=True)
-    dst.cmd("netdev_add", lab.netdev(incoming=False))
-    dst.cmd("device_add", lab.nic())
-    lab.prepare_migration(dst, local=True)
+    dst = start_target(lab, lab.netdev(incoming=False))
     assert migrate_over_unix(lab, src, dst) == ("completed", "failed")
     src.cmd("cont")
     source_still_serves(lab, src)
@@ -144,10 +145,7 @@ def test_local_migration_off_with_local_true(lab: Migration) -> None:
     lab.prepare_migration(src, local=True)
     assert src.cmd("qom-get", path="/machine/peripheral/nic0",
                    property="local-migration") is False
-    dst = lab.launch("target", incoming=True)
-    dst.cmd("netdev_add", lab.netdev(incoming=True))
-    dst.cmd("device_add", {**lab.nic(), "local-migration": False})
-    lab.prepare_migration(dst, local=True)
+    dst = start_target(lab, lab.netdev(incoming=True), {"local-migration": False})
     assert migrate_over_unix(lab, src, dst) == ("completed", "failed")
     assert src.cmd("query-status")["status"] == "postmigrate"
     src.cmd("cont")
