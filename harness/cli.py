@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from harness import assets, measure, ping, rootless
+from harness import accel, assets, measure, ping, rootless
 from harness.bench import bench
 from harness.errors import TapmigError
 from harness.guest import build_embedded, default_cache, resolve
@@ -49,8 +49,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = Config(qemu=args.qemu, mode=args.mode, accel=args.accel, vhost=args.vhost,
                  queues=args.queues, ram_mib=args.ram, out=args.out, cache=args.cache,
                  epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout, probe=args.probe)
-    preflight(cfg)  # bad input and an unusable host: one line, exit 2, before any table
+    caps = preflight(cfg)  # bad input and an unusable host: one line, exit 2, before any table
     cfg.guest = resolve(spec, manifest, args.cache, _log)  # a download comes after preflight
+    # --accel kvm on a host whose KVM cannot boot the guest is refused here too; the
+    # verdict is cached, so the run itself does not probe again.
+    accel.choose(cfg.accel, caps.qemu, cfg.guest, args.cache, _log)
     rec = run(cfg, log=lambda msg: print(f"tapmig: {msg}", file=sys.stderr))
     print(format_record(rec))
     if rec.status != "ok":
@@ -192,6 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    # CI sets TAPMIG_ACCEL=kvm to require KVM; pytest's --accel reads it too.
+    accel_default = os.environ.get("TAPMIG_ACCEL", "auto")
     p = argparse.ArgumentParser(prog="tapmig", description=__doc__.splitlines()[0] if __doc__
                                 else None)
     p.add_argument("--cache", type=Path, default=default_cache(),
@@ -200,7 +205,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run one migration and print its numbers")
     r.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary to test")
-    r.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    r.add_argument("--accel", choices=accel.ACCELS, default=accel_default,
+                   help="default: $TAPMIG_ACCEL, else auto")
     r.add_argument("--mode", choices=MODES, default="new-tap")
     r.add_argument("--vhost", action="store_true", help="vhost=on (needs /dev/vhost-net)")
     r.add_argument("--queues", type=int, default=4)
@@ -233,7 +239,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--iterations", type=int, required=True, help="runs per build and mode")
     m.add_argument("--out", type=_out_dir, required=True,
                    help="new directory for report.{json,md,html}, records/ and runs/")
-    m.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    m.add_argument("--accel", choices=accel.ACCELS, default=accel_default,
+                   help="default: $TAPMIG_ACCEL, else auto")
     m.add_argument("--queues", type=int, default=4)
     m.add_argument("--guest", help=GUEST_HELP)
     m.set_defaults(func=cmd_measure)
@@ -249,7 +256,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--qemu", default="qemu-system-x86_64")
     b.add_argument("--mode", default="new-tap", help="comma-separated: new-tap,local")
     b.add_argument("--iterations", type=int, default=3)
-    b.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    b.add_argument("--accel", choices=accel.ACCELS, default=accel_default,
+                   help="default: $TAPMIG_ACCEL, else auto")
     b.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("assets", help="the downloadable guest files of assets.toml")

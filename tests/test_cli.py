@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from harness import accel
 from harness.cli import format_record
+from harness.guest import build_embedded, default_cache
 from harness.record import RunRecord
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -103,3 +105,20 @@ def test_format_record_shows_the_four_numbers() -> None:
     text = format_record(rec)
     for needle in ("12.5 ms", "lost packets    3", "QMP downtime    2 ms", "8.25 ms"):
         assert needle in text
+
+
+def test_bad_accelerator_from_the_environment() -> None:
+    one_line_error(tapmig("run", env={"TAPMIG_ACCEL": "bogus"}), "unknown accelerator 'bogus'")
+
+
+@needs_qemu
+@needs_root
+def test_kvm_required_where_kvm_cannot_boot_the_guest() -> None:
+    """--accel kvm must refuse, in one line, a host where auto would fall back to TCG."""
+    assert QEMU is not None
+    chosen, _ = accel.choose("auto", QEMU, build_embedded(default_cache(), log=print),
+                             default_cache(), log=print)
+    if chosen == "kvm":
+        pytest.skip("KVM boots the guest on this host, so --accel kvm is not refused")
+    one_line_error(tapmig("run", "--qemu", QEMU, "--accel", "kvm"), "--accel kvm, but",
+                   "use --accel auto or tcg")
