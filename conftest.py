@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness import resources
-from harness.guest import Guest, build_embedded, default_cache
+from harness.cache import default_cache
+from harness.guest import Guest, build_embedded
 from harness.probe import Capabilities, probe
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from harness.cache import default_cache
 from harness.errors import TapmigError
 
 KINDS = ("iso", "kernel", "initrd", "embedded")
@@ -191,9 +192,7 @@ def cache_dir(override: Path | None = None) -> Path:
 
     Big downloads belong in the user's cache, so a root inside the git clone is refused.
     """
-    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tapmig"
-    root = override or Path(os.environ.get("TAPMIG_CACHE") or xdg)
-    root = root.expanduser().resolve()
+    root = (override or default_cache()).expanduser().resolve()
     if (_CLONE / ".git").exists() and root.is_relative_to(_CLONE):
         raise TapmigError(f"cache {root} is inside the clone {_CLONE}; set TAPMIG_CACHE elsewhere")
     return root

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from harness.cache import default_cache
 from harness.errors import TapmigError
 
 BUILD_RECIPE_VERSION = 1
@@ -62,14 +63,6 @@ class BuildInputError(TapmigError):
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def default_cache() -> Path:
-    """$TAPMIG_CACHE, else $XDG_CACHE_HOME/tapmig, else ~/.cache/tapmig: outside any clone."""
-    if os.environ.get("TAPMIG_CACHE"):
-        return Path(os.environ["TAPMIG_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "tapmig"
 
 
 def _sha256_file(path: Path) -> str:

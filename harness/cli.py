@@ -18,8 +18,9 @@ from types import FrameType
 
 from harness import accel, assets, measure, ping, rootless
 from harness.bench import bench
+from harness.cache import default_cache
 from harness.errors import TapmigError
-from harness.guest import build_embedded, default_cache, resolve
+from harness.guest import build_embedded, resolve
 from harness.probe import probe
 from harness.record import MODES, RunRecord
 from harness.report import compare, load_report, parse_threshold, render_markdown

@@ -17,7 +17,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import shutil
 import stat
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.assets import GuestSpec, Manifest, cache_dir, fetch
+from harness.cache import default_cache
 from harness.errors import TapmigError
 from harness.vm import VM
 
@@ -134,14 +134,6 @@ def resolve(spec: GuestSpec, manifest: Manifest, cache: Path,
         return Guest(spec.name, iso=files["iso"], console_login=True)
     name = spec.name if spec.assets else f"{spec.name}:{files['kernel']}"
     return Guest(name, kernel=files["kernel"], initrd=files.get("initrd"), console_login=True)
-
-
-def default_cache() -> Path:
-    """Outside the clone, so a fresh checkout reuses earlier builds."""
-    if env := os.environ.get("TAPMIG_CACHE"):
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "tapmig"
 
 
 def _apt_candidate(pkg: str) -> str:

@@ -22,8 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness import accel, scenario
+from harness.cache import default_cache
 from harness.errors import TapmigError
-from harness.guest import Guest, build_embedded, default_cache
+from harness.guest import Guest, build_embedded
 from harness.probe import probe, resolve_qemu
 from harness.record import MODES, RunRecord
 from harness.report import Report, build_report, write_report

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import accel, ping, rootless
+from harness.cache import default_cache
 from harness.errors import TapmigError
-from harness.guest import Guest, build_embedded, default_cache
+from harness.guest import Guest, build_embedded
 from harness.netns import Namespace
 from harness.probe import Capabilities, probe
 from harness.record import MODES, RunRecord

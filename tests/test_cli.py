@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from harness import accel
+from harness.cache import default_cache
 from harness.cli import format_record
-from harness.guest import build_embedded, default_cache
+from harness.guest import build_embedded
 from harness.record import RunRecord
 
 QEMU = shutil.which("qemu-system-x86_64")

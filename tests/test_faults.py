@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from harness import accel
-from harness.guest import Guest, default_cache
+from harness.cache import default_cache
+from harness.guest import Guest
 from harness.probe import Capabilities
 from harness.record import RunRecord
 from harness.scenario import (

@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 
 from harness.assets import Manifest, load_manifest, parse_guest
+from harness.cache import default_cache
 from harness.errors import TapmigError
-from harness.guest import NET_OK, READY, Guest, cpio_newc, default_cache, resolve
+from harness.guest import NET_OK, READY, Guest, cpio_newc, resolve
 from harness.scenario import Config, run
 
 QEMU = shutil.which("qemu-system-x86_64")

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from harness import accel, ping
-from harness.guest import Guest, default_cache
+from harness.cache import default_cache
+from harness.guest import Guest
 from harness.probe import Capabilities
 from harness.scenario import (
     GUEST_IP,

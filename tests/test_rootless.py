@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from harness import rootless
-from harness.guest import Guest, default_cache
+from harness.cache import default_cache
+from harness.guest import Guest
 
 REPO = Path(__file__).resolve().parent.parent
 USER = f"tapmig-rl{os.getpid() % 100000}"
