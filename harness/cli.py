@@ -21,6 +21,7 @@ from harness.bench import bench
 from harness.cache import default_cache
 from harness.errors import TapmigError
 from harness.guest import build_embedded, resolve
+from harness.measure import stderr_log as _log
 from harness.probe import probe
 from harness.record import MODES, RunRecord
 from harness.report import compare, load_report, parse_threshold, render_markdown
@@ -29,10 +30,6 @@ from harness.scenario import Config, preflight, run
 
 def _out_dir(value: str) -> Path:
     return Path(value)
-
-
-def _log(msg: str) -> None:
-    print(f"tapmig: {msg}", file=sys.stderr)
 
 
 GUEST_HELP = ("guest to boot: a name from assets.toml (default: embedded; see `tapmig assets "
@@ -55,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # --accel kvm on a host whose KVM cannot boot the guest is refused here too; the
     # verdict is cached, so the run itself does not probe again.
     accel.choose(cfg.accel, caps.qemu, cfg.guest, args.cache, _log)
-    rec = run(cfg, log=lambda msg: print(f"tapmig: {msg}", file=sys.stderr))
+    rec = run(cfg, log=_log)
     print(format_record(rec))
     if rec.status != "ok":
         first, _, detail = (rec.error or "unknown failure").partition("\n")
@@ -122,7 +119,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_guest_build(args: argparse.Namespace) -> int:
-    guest = build_embedded(args.cache, log=lambda m: print(f"tapmig: {m}", file=sys.stderr))
+    guest = build_embedded(args.cache, log=_log)
     print(f"{guest.name}\n  kernel {guest.kernel}\n  initrd {guest.initrd}")
     return 0
 
@@ -135,19 +132,19 @@ def cmd_measure(args: argparse.Namespace) -> int:
     plan = measure.Plan(builds=measure.resolve_builds(args.qemu), modes=modes,
                         iterations=iterations, out=args.out, accel=args.accel,
                         queues=args.queues, cache=args.cache,
-                        guest=resolve(spec, manifest, args.cache, measure.stderr_log))
-    plan = measure.preflight(plan, measure.stderr_log)
-    measure.stderr_log(f"{plan.total} runs: {iterations} iterations x {len(modes)} modes x "
+                        guest=resolve(spec, manifest, args.cache, _log))
+    plan = measure.preflight(plan, _log)
+    _log(f"{plan.total} runs: {iterations} iterations x {len(modes)} modes x "
                        f"{len(plan.builds)} builds, interleaved")
     outcome = measure.measure(plan)
     print(render_markdown(outcome.report), end="")
     for ext, path in outcome.paths.items():
-        measure.stderr_log(f"report.{ext}: {path}")
+        _log(f"report.{ext}: {path}")
     if outcome.interrupted:
-        measure.stderr_log(f"interrupted: PARTIAL report of the {len(outcome.records)} "
+        _log(f"interrupted: PARTIAL report of the {len(outcome.records)} "
                            f"finished runs written; records in {args.out / 'records'}")
     elif outcome.exit_code == 2:
-        measure.stderr_log("error: no combination is supported by the given builds; "
+        _log("error: no combination is supported by the given builds; "
                            "nothing was measured")
     return outcome.exit_code
 
@@ -190,7 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise TapmigError(f"--iterations {args.iterations}: give at least 1")
     preflight(Config(qemu=args.qemu, mode=modes[0], accel=args.accel))
     lines = bench(args.qemu, modes, args.iterations, args.accel, args.cache,
-                  log=lambda msg: print(f"tapmig: {msg}", file=sys.stderr))
+                  log=_log)
     print("\n".join(lines))
     return 0
 
