@@ -268,7 +268,8 @@ class VM:
                     return self._pending.pop(i)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise VMError(f"{self.name}: no {name} {data or ''} event within {timeout:.0f}s\n"
+                what = f"{name} {data}" if data else name
+                raise VMError(f"{self.name}: no {what} event within {timeout:.0f}s\n"
                               f"{self.context()}")
             if self._qmp is None:
                 raise VMError(f"{self.name}: QMP is not connected\n{self.context()}")
