@@ -230,8 +230,8 @@ def test_frozen_source_times_out_on_its_command(qemu: str, guest: Guest,
     assert rec.error.startswith("source: migrate-continue: no QMP reply within 3s")
 
 
-def test_frozen_target_times_out_on_its_event(qemu: str, guest: Guest,
-                                             accel_choice: str) -> None:
+def test_frozen_target_ends_at_migrate_timeout(qemu: str, guest: Guest,
+                                              accel_choice: str) -> None:
     """A target frozen at switchover reads nothing more. Whether the source still
     completes depends on whether its remaining device state fits in the socket buffer
     beside what the target had not yet read when it froze (without a return path,
