@@ -17,15 +17,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.errors import TapmigError
+from harness import atomic
+from harness.errors import HostError, QEMUError
 from harness.guest import Guest, build_embedded
-from harness.netns import PREFIX
-from harness.probe import device_problem
-from harness.vm import VM, VMError
+from harness.host import KVM, kvm_problem
+from harness.proc import PREFIX
+from harness.vm import VM
+from harness.vocabulary import Accel, AccelChoice, as_accel_choice
 
-KVM = Path("/dev/kvm")
 PROBE_TIMEOUT = 10.0
-ACCELS = ("auto", "kvm", "tcg")
 
 
 def firmware_args() -> list[str]:
@@ -35,10 +35,6 @@ def firmware_args() -> list[str]:
         if os.path.isdir(d):
             args += ["-L", d]
     return args
-
-
-def kvm_problem() -> str | None:
-    return device_problem(KVM)
 
 
 def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str | None:
@@ -55,7 +51,7 @@ def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str |
             with vm:
                 vm.cmd("cont")
                 vm.wait_console(r"Linux version", timeout=timeout)
-        except VMError:
+        except QEMUError:
             err = vm.stderr().strip().splitlines()
             died = vm.proc is not None and vm.proc.returncode not in (None, 0, -15)
             detail = f" (QEMU exited: {err[-1]})" if died and err else ""
@@ -65,11 +61,10 @@ def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str |
     return None
 
 
-def choose(requested: str, qemu: str, guest: Guest, cache: Path,
-           log: Callable[[str], None] = print) -> tuple[str, str]:
+def choose(requested: AccelChoice, qemu: str, guest: Guest, cache: Path,
+           log: Callable[[str], None] = print) -> tuple[Accel, str]:
     """(accelerator, reason): why this run uses what it uses."""
-    if requested not in ACCELS:
-        raise TapmigError(f"unknown accelerator {requested!r}; use one of {', '.join(ACCELS)}")
+    requested = as_accel_choice(requested)  # a typo'd TAPMIG_ACCEL is a one-line error
     if requested == "tcg":
         return "tcg", "TCG requested with --accel tcg"
     problem = kvm_problem()
@@ -89,11 +84,9 @@ def choose(requested: str, qemu: str, guest: Guest, cache: Path,
             problem = probe_boot(qemu, guest)
             stamp.parent.mkdir(parents=True, exist_ok=True)
             # Whole, then renamed: a run in parallel (pytest -n) never reads half a verdict.
-            part = stamp.with_suffix(f".{os.getpid()}.part")
-            part.write_text(json.dumps({"problem": problem}))
-            part.replace(stamp)
+            atomic.write_text(stamp, json.dumps({"problem": problem}))
     if problem is None:
         return "kvm", "KVM boots the guest"
     if requested == "kvm":
-        raise TapmigError(f"--accel kvm, but {problem}; use --accel auto or tcg")
+        raise HostError(f"--accel kvm, but {problem}; use --accel auto or tcg")
     return "tcg", f"TCG, because {problem}"

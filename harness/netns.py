@@ -8,7 +8,6 @@ collide and a later run can reap what a killed one left behind.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -16,26 +15,10 @@ from types import TracebackType
 from pyroute2 import NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from harness.errors import TapmigError
+from harness.errors import HostError, TapmigError
+from harness.proc import PREFIX, owner_pid, pid_alive, unique_name
 
-PREFIX = "tapmig-"
 NETNS_DIR = Path("/run/netns")
-
-
-def owner_pid(name: str) -> int | None:
-    """The PID encoded in a tapmig resource name (tapmig-<pid>-<token>), if any."""
-    if not name.startswith(PREFIX):
-        return None
-    pid = name[len(PREFIX):].split("-", 1)[0]
-    return int(pid) if pid.isdigit() else None
-
-
-def pid_alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
-
-
-def unique_name(kind: str = "") -> str:
-    return f"{PREFIX}{os.getpid()}-{kind}{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)
@@ -57,7 +40,7 @@ class Namespace:
         try:
             netns.create(self.name)
         except OSError as exc:
-            raise TapmigError(f"cannot create network namespace {self.name}: {exc}; "
+            raise HostError(f"cannot create network namespace {self.name}: {exc}; "
                               "run as root or with CAP_NET_ADMIN and CAP_SYS_ADMIN") from exc
         try:
             self._ipr = NetNS(self.name)
@@ -109,7 +92,7 @@ class Namespace:
             self.ipr.link("add", ifname=ifname, kind="tuntap", mode="tap",
                           ifr={"no_pi": 1, "vnet_hdr": 1, "multi_queue": int(multi_queue)})
         except (NetlinkError, OSError) as exc:
-            raise TapmigError(f"cannot create TAP {ifname}: {exc}; check that /dev/net/tun "
+            raise HostError(f"cannot create TAP {ifname}: {exc}; check that /dev/net/tun "
                               "exists and you have CAP_NET_ADMIN") from exc
         idx = self.index(ifname)
         if mac:

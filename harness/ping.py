@@ -21,17 +21,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
-from harness.errors import TapmigError
-from harness.vm import die_with_parent
+from harness.errors import HostError, TapmigError, UsageError
+from harness.proc import die_with_parent
+from harness.vocabulary import PROBERS, Prober
 
 # About 1 kHz: fine enough for millisecond figures, and a bounded log (~130 KiB
 # per run); an interval of 0 would flood the guest and write megabytes per second.
 # tapmig's prober runs at 0.9 ms so that scheduling jitter still leaves the edge
 # resolution under 1 ms; iputils gets 1 ms, its finest paced interval (below it,
 # it degenerates into a flood).
-INTERVALS = {"tapmig": 0.0009, "iputils": 0.001}
+INTERVALS: dict[Prober, float] = {"tapmig": 0.0009, "iputils": 0.001}
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 # A reply is late when its RTT exceeds both of these: the kernel queued the request.
 LATE_MIN_MS = 5.0
@@ -46,7 +47,7 @@ SUMMARY = re.compile(r"^(?P<tx>\d+) packets transmitted, (?P<rx>\d+) (packets )?
 
 
 @dataclass(frozen=True)
-class Probe:
+class PingLine:
     """One line of ping output that concerns one echo request."""
 
     ts: float
@@ -59,7 +60,7 @@ class Probe:
 
 @dataclass(frozen=True)
 class PingLog:
-    probes: list[Probe]
+    lines: list[PingLine]
     transmitted: int | None  # from the summary line, when ping was stopped cleanly
     sent: dict[int, float] = field(default_factory=dict)  # from tapmig's prober only
 
@@ -74,7 +75,7 @@ def unwrap(raw: int, last: int | None) -> int:
 
 def parse(text: str) -> PingLog:
     """Parse a `ping -D -O` log; sequence numbers are unwrapped past 65535."""
-    probes: list[Probe] = []
+    lines: list[PingLine] = []
     sent: dict[int, float] = {}
     transmitted = None
     last: int | None = None  # the latest unwrapped sequence number
@@ -92,10 +93,10 @@ def parse(text: str) -> PingLog:
         seq = unwrap(int(m.group("seq")), last)
         last = max(seq, last if last is not None else seq)
         rtt = m.groupdict().get("rtt")
-        probes.append(Probe(float(m.group("ts")), seq,
+        lines.append(PingLine(float(m.group("ts")), seq,
                             float(rtt) if rtt is not None else None, "(DUP!)" in line,
                             m.re is ERROR, "send failed" in line))
-    return PingLog(probes, transmitted, sent)
+    return PingLog(lines, transmitted, sent)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def send_times(log: PingLog) -> dict[int, float]:
     """When each request left, where the log tells: a reply's timestamp minus its RTT,
     or a "no answer yet for N" line, which ping prints just before it sends N+1."""
     sends: dict[int, float] = dict(log.sent)
-    for p in log.probes:
+    for p in log.lines:
         if p.rtt_ms is not None:
             sends.setdefault(p.seq, p.ts - p.rtt_ms / 1000)
         elif p.send_failed:
@@ -133,46 +134,53 @@ def send_times(log: PingLog) -> dict[int, float]:
     return sends
 
 
-def analyze(log: PingLog, window: tuple[float, float] | None = None) -> Analysis:
-    """Find the blackout: the longest hole between replies (overlapping `window` if given).
-
-    With a window (STOP and RESUME), a stray slow reply elsewhere in the log
-    cannot be mistaken for the migration's outage.
-    """
-    replies = [p for p in log.probes if p.rtt_ms is not None and not p.duplicate]
-    unanswered = [p for p in log.probes if p.rtt_ms is None and not p.error]
-    seqs = [p.seq for p in log.probes]
-    transmitted = log.transmitted if log.transmitted is not None else (
-        max(seqs) - min(seqs) + 1 if seqs else 0)
-    answered = {p.seq for p in replies}
-    lost = max(transmitted - len(answered), 0)
-
+def longest_hole(replies: list[PingLine],
+                 window: tuple[float, float] | None) -> tuple[float, float] | None:
+    """(last reply before, first reply after) the longest hole that overlaps `window`."""
     best: tuple[float, float] | None = None
     for a, b in itertools.pairwise(replies):
         if window and not (a.ts <= window[1] and b.ts >= window[0]):
             continue
         if best is None or b.ts - a.ts > best[1] - best[0]:
             best = (a.ts, b.ts)
+    return best
 
+
+def achieved_interval_ms(sends: dict[int, float]) -> float | None:
+    if len(sends) < 2:
+        return None
+    first, last = min(sends), max(sends)
+    return 1000 * (sends[last] - sends[first]) / (last - first)
+
+
+def edge_resolution_ms(hole: tuple[float, float], replies: list[PingLine],
+                       sends: dict[int, float]) -> float:
+    """The edges are only as sharp as the requests around them: the outage began
+    between the last answered request and the next one sent, and ended no earlier
+    than the request before the first answered one after the hole."""
+    times = sorted(sends.values())
+    lo = sends.get(next(p for p in replies if p.ts == hole[0]).seq, hole[0])
+    hi = sends.get(next(p for p in replies if p.ts == hole[1]).seq, hole[1])
+    gap_start = min((t - lo for t in times if t > lo), default=hole[1] - lo)
+    gap_end = min((hi - t for t in times if t < hi), default=hi - lo)
+    return 1000 * max(gap_start, gap_end)
+
+
+def analyze(log: PingLog, window: tuple[float, float] | None = None) -> Analysis:
+    """Find the blackout: the longest hole between replies (overlapping `window` if given).
+
+    With a window (STOP and RESUME), a stray slow reply elsewhere in the log
+    cannot be mistaken for the migration's outage.
+    """
+    replies = [p for p in log.lines if p.rtt_ms is not None and not p.duplicate]
+    unanswered = [p for p in log.lines if p.rtt_ms is None and not p.error]
+    seqs = [p.seq for p in log.lines]
+    transmitted = log.transmitted if log.transmitted is not None else (
+        max(seqs) - min(seqs) + 1 if seqs else 0)
+    hole = longest_hole(replies, window)
     sends = send_times(log)
-    interval = None
-    if len(sends) >= 2:
-        seqs_sorted = sorted(sends)
-        span = sends[seqs_sorted[-1]] - sends[seqs_sorted[0]]
-        interval = 1000 * span / (seqs_sorted[-1] - seqs_sorted[0])
-    resolution = None
-    if best is not None:
-        # The edges are only as sharp as the probes around them: the outage began
-        # between the last answered request and the next one sent, and ended no
-        # earlier than the request before the first answered one after the hole.
-        after = next(p for p in replies if p.ts == best[1])
-        times = sorted(sends.values())
-        lo = sends.get(next(p for p in replies if p.ts == best[0]).seq, best[0])
-        hi = sends.get(after.seq, best[1])
-        gap_start = min((t - lo for t in times if t > lo), default=best[1] - lo)
-        gap_end = min((hi - t for t in times if t < hi), default=hi - lo)
-        resolution = 1000 * max(gap_start, gap_end)
-
+    interval = achieved_interval_ms(sends)
+    resolution = edge_resolution_ms(hole, replies, sends) if hole else None
     rtts = [p.rtt_ms for p in replies if p.rtt_ms is not None]
     median_rtt = statistics.median(rtts) if rtts else None
     late = [r for r in rtts if median_rtt is not None
@@ -180,10 +188,10 @@ def analyze(log: PingLog, window: tuple[float, float] | None = None) -> Analysis
     return Analysis(
         replies=len(replies),
         transmitted=transmitted,
-        lost=lost,
-        blackout_ms=round(1000 * (best[1] - best[0]), 3) if best else None,
-        blackout_start=best[0] if best else None,
-        blackout_end=best[1] if best else None,
+        lost=max(transmitted - len({p.seq for p in replies}), 0),
+        blackout_ms=round(1000 * (hole[1] - hole[0]), 3) if hole else None,
+        blackout_start=hole[0] if hole else None,
+        blackout_end=hole[1] if hole else None,
         resolution_ms=round(resolution, 3) if resolution is not None else None,
         interval_ms=round(interval, 3) if interval is not None else None,
         late_replies=len(late),
@@ -199,10 +207,10 @@ def require_iputils() -> str:
     """iputils ping, since busybox ping has no -D timestamps."""
     path = shutil.which("ping")
     if path is None:
-        raise TapmigError("ping not found; install iputils-ping (apt-get install iputils-ping)")
+        raise HostError("ping not found; install iputils-ping (apt-get install iputils-ping)")
     res = subprocess.run([path, "-V"], capture_output=True, text=True, timeout=10)
     if "iputils" not in res.stdout + res.stderr:
-        raise TapmigError(f"{path} is not iputils ping (no -D/-O support); "
+        raise HostError(f"{path} is not iputils ping (no -D/-O support); "
                           "install iputils-ping")
     return path
 
@@ -213,55 +221,45 @@ def ping_once(prefix: Sequence[str], target: str, timeout_s: int = 2) -> bool:
     return res.returncode == 0
 
 
-PROBES = ("tapmig", "iputils")
 
+class ProbeProcess:
+    """A probe process (in the namespace, through the argv's prefix) writing a log;
+    stopped with SIGINT so that it prints its summary."""
 
-class Pinger:
-    """A continuous prober writing `ping -D -O` lines to a log; stopped with SIGINT
-    so that it prints its summary.
+    name = "probe"
 
-    probe="tapmig" (harness.icmp_probe) keeps its 0.9 ms pace through the outage;
-    probe="iputils" is `ping -D -O -i`, which samples an outage only every 10 ms.
-    """
-
-    def __init__(self, target: str, log: Path, prefix: Sequence[str] = (),
-                 interval: float | None = None, probe: str = "tapmig") -> None:
-        if probe not in PROBES:
-            raise TapmigError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
-        interval = interval or INTERVALS[probe]
-        if probe == "iputils":
-            self.argv = [*prefix, require_iputils(), "-D", "-O", "-n", "-i", f"{interval:g}",
-                         target]
-        else:
-            self.argv = [*prefix, sys.executable, "-m", "harness.icmp_probe",
-                         "-i", f"{interval:g}", target]
-        self.log = log
+    def __init__(self, argv: list[str], log: Path, stop_timeout: float = 5.0) -> None:
+        self.argv, self.log, self.stop_timeout = argv, log, stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Pinger:
+    def __enter__(self) -> Self:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
                                          env={**os.environ, "PYTHONPATH": PACKAGE_ROOT})
         return self
 
-    def stop(self) -> str:
-        """Stop and return the log; raises if ping died on its own before we stopped it."""
+    def finish(self) -> tuple[str, int | None]:
+        """Stop it; its log, and its exit status if it had ended before we stopped it."""
         if self.proc is None:
-            return self.log.read_text(errors="replace")
+            return self.log.read_text(errors="replace"), None
         died = self.proc.poll()
         if died is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.proc = None
-        text = self.log.read_text(errors="replace")
+        return self.log.read_text(errors="replace"), died
+
+    def stop(self) -> str:
+        """Stop and return the log; raises if the probe died on its own before."""
+        text, died = self.finish()
         if died is not None:
             last_line = (text.strip().splitlines() or ["no output"])[-1]
-            raise TapmigError(f"ping exited early with status {died}: {last_line}")
+            raise TapmigError(f"{self.name} exited early with status {died}: {last_line}")
         return text
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
@@ -272,13 +270,35 @@ class Pinger:
         self.proc = None
 
 
+class Pinger(ProbeProcess):
+    """A continuous ICMP prober writing `ping -D -O` lines to a log.
+
+    prober="tapmig" (harness.icmp_probe) keeps its 0.9 ms pace through the outage;
+    prober="iputils" is `ping -D -O -i`, which samples an outage only every 10 ms.
+    """
+
+    name = "ping"
+
+    def __init__(self, target: str, log: Path, prefix: Sequence[str] = (),
+                 interval: float | None = None, prober: Prober = "tapmig") -> None:
+        if prober not in PROBERS:
+            raise UsageError(f"unknown prober {prober!r}; use one of {', '.join(PROBERS)}")
+        interval = interval or INTERVALS[prober]
+        if prober == "iputils":
+            argv = [*prefix, require_iputils(), "-D", "-O", "-n", "-i", f"{interval:g}", target]
+        else:
+            argv = [*prefix, sys.executable, "-m", "harness.icmp_probe",
+                    "-i", f"{interval:g}", target]
+        super().__init__(argv, log)
+
+
 def analyze_file(path: Path, window: tuple[float, float] | None = None) -> Analysis:
     try:
         text = path.read_text(errors="replace")
     except OSError as exc:
-        raise TapmigError(f"cannot read ping log {path}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read ping log {path}: {exc.strerror}") from exc
     log = parse(text)
-    if not log.probes:
-        raise TapmigError(f"{path}: no `ping -D -O` lines found; pass a log written by "
+    if not log.lines:
+        raise UsageError(f"{path}: no `ping -D -O` lines found; pass a log written by "
                           "`ping -D -O` (e.g. ping.log from a tapmig run)")
     return analyze(log, window)

@@ -13,8 +13,8 @@ from pathlib import Path
 from types import TracebackType
 
 from harness import netns
-from harness.errors import TapmigError
-from harness.netns import owner_pid, pid_alive, unique_name
+from harness.errors import HostError
+from harness.proc import PREFIX, owner_pid, pid_alive, unique_name
 
 SHM_DIR = Path("/dev/shm")
 RUN_PARENT = Path(tempfile.gettempdir())
@@ -24,7 +24,7 @@ class RunDir:
     """A private directory for sockets and logs, removed on exit."""
 
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=f"{netns.PREFIX}{os.getpid()}-",
+        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-",
                                           dir=RUN_PARENT))
         os.chmod(self.path, 0o700)
         self._owner = os.getpid()
@@ -54,7 +54,7 @@ class ShmFile:
         st = os.statvfs(self.path.parent)
         free = st.f_bavail * st.f_frsize
         if free < self.size:
-            raise TapmigError(f"{self.path.parent} has {free // 2**20} MiB free but the guest "
+            raise HostError(f"{self.path.parent} has {free // 2**20} MiB free but the guest "
                               f"needs {self.size // 2**20} MiB; free some space or use a "
                               "smaller --ram")
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -74,8 +74,8 @@ def leftovers(pid: int | None = None) -> list[str]:
     """tapmig resources on this machine (of one process, if pid is given): what a leak
     check looks at. Scoping by PID keeps parallel runs from blaming each other."""
     found = [("netns", n) for n in netns.list_ours()]
-    found += [("shm", str(p)) for p in SHM_DIR.glob(f"{netns.PREFIX}*")]
-    found += [("rundir", str(p)) for p in RUN_PARENT.glob(f"{netns.PREFIX}*") if p.is_dir()]
+    found += [("shm", str(p)) for p in SHM_DIR.glob(f"{PREFIX}*")]
+    found += [("rundir", str(p)) for p in RUN_PARENT.glob(f"{PREFIX}*") if p.is_dir()]
     return [f"{kind} {name}" for kind, name in found
             if pid is None or owner_pid(Path(name).name) == pid]
 
@@ -83,7 +83,7 @@ def leftovers(pid: int | None = None) -> list[str]:
 def reap_orphans() -> list[str]:
     """Remove what tapmig processes that no longer exist left behind."""
     reaped = netns.reap_orphans()
-    for pattern, parent in ((f"{netns.PREFIX}*", SHM_DIR), (f"{netns.PREFIX}*", RUN_PARENT)):
+    for pattern, parent in ((f"{PREFIX}*", SHM_DIR), (f"{PREFIX}*", RUN_PARENT)):
         for path in parent.glob(pattern):
             pid = owner_pid(path.name)
             if pid is not None and not pid_alive(pid):

@@ -8,7 +8,6 @@ because "it timed out" alone never helps anyone debug a migration.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
@@ -24,33 +23,8 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from harness.errors import TapmigError
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """preexec_fn: a child we start dies if tapmig is killed outright."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-class VMError(TapmigError):
-    """A VM failure; the message already carries stderr and console tails."""
-
-
-class QMPCommandError(VMError):
-    """QEMU refused a command: error_class and desc are QEMU's own words."""
-
-    def __init__(self, vm: str, command: str, error_class: str, desc: str) -> None:
-        super().__init__(f"{vm}: {command} failed: {error_class}: {desc}")
-        self.command = command
-        self.error_class = error_class
-        self.desc = desc
+from harness.errors import QEMUError, QMPCommandError
+from harness.proc import die_with_parent, tail
 
 
 class VM:
@@ -125,10 +99,10 @@ class VM:
         deadline = time.monotonic() + timeout
         while not (self.qmp_path.exists() and self.console_path.exists()):
             if self.proc.poll() is not None:
-                raise VMError(f"{self.name}: QEMU exited with status {self.proc.returncode} "
+                raise self._error(f"{self.name}: QEMU exited with status {self.proc.returncode} "
                               f"at start:\n{tail(self.stderr())}")
             if time.monotonic() > deadline:
-                raise VMError(f"{self.name}: QMP socket did not appear within {timeout:.0f}s:\n"
+                raise self._error(f"{self.name}: QMP socket did not appear within {timeout:.0f}s:\n"
                               f"{tail(self.stderr())}")
             time.sleep(0.01)
         self._qmp = QEMUMonitorProtocol(str(self.qmp_path), nickname=self.name)
@@ -140,8 +114,8 @@ class VM:
             # QEMU creates its sockets before it parses -device and -kernel, so it can
             # exit in between: reap it first, for its exit status and stderr.
             self.shutdown()
-            raise VMError(f"{self.name}: QEMU failed at start ({type(exc).__name__}: {exc}):\n"
-                          f"{self.context()}") from exc
+            raise self._error(f"{self.name}: QEMU failed at start ({type(exc).__name__}: {exc}):\n"
+                          f"{self.diagnostics()}") from exc
         self._qmp.settimeout(self.qmp_timeout)
 
     def is_running(self) -> bool:
@@ -216,7 +190,7 @@ class VM:
         with self._console_cond:
             return self._console_buf
 
-    def context(self) -> str:
+    def diagnostics(self) -> str:
         """What a failure message should show about this VM."""
         state = "running" if self.is_running() else (
             f"exited with status {self.proc.returncode}" if self.proc else "not started")
@@ -227,12 +201,19 @@ class VM:
             parts.append(f"console tail:\n{con}")
         return "\n".join(parts)
 
+    def _error(self, message: str) -> QEMUError:
+        """A QEMUError that carries this VM's side, exit status and both tails."""
+        status = self.proc.returncode if self.proc is not None else None
+        return QEMUError(message, side=self.name, exit_status=status,
+                         stderr_tail=tail(self.stderr(), 8),
+                         console_tail=tail(self.console_text(), 10))
+
     # -- QMP -----------------------------------------------------------------
 
     def cmd(self, command: str, args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Run a QMP command; a refusal raises QMPCommandError with QEMU's class and text."""
         if self._qmp is None:
-            raise VMError(f"{self.name}: {command}: QMP is not connected\n{self.context()}")
+            raise self._error(f"{self.name}: {command}: QMP is not connected\n{self.diagnostics()}")
         arguments = {**(args or {}), **kwargs}
         try:
             ret = self._qmp.cmd(command, **arguments)
@@ -240,11 +221,11 @@ class VM:
             desc = exc.error.error.desc
             raise QMPCommandError(self.name, command, exc.error_class, desc) from exc
         except TimeoutError as exc:  # QEMU is alive but its monitor does not answer
-            raise VMError(f"{self.name}: {command}: no QMP reply within {self.qmp_timeout:g}s "
-                          f"(QEMU hung or stopped?)\n{self.context()}") from exc
+            raise self._error(f"{self.name}: {command}: no QMP reply within {self.qmp_timeout:g}s "
+                          f"(QEMU hung or stopped?)\n{self.diagnostics()}") from exc
         except (QMPError, OSError, EOFError) as exc:
-            raise VMError(f"{self.name}: {command}: QMP failed ({type(exc).__name__}: {exc})\n"
-                          f"{self.context()}") from exc
+            raise self._error(f"{self.name}: {command}: QMP failed ({type(exc).__name__}: {exc})\n"
+                          f"{self.diagnostics()}") from exc
         self._drain_events()
         return ret
 
@@ -269,19 +250,20 @@ class VM:
             left = deadline - time.monotonic()
             if left <= 0:
                 what = f"{name} {data}" if data else name
-                raise VMError(f"{self.name}: no {what} event within {timeout:.0f}s\n"
-                              f"{self.context()}")
+                raise self._error(f"{self.name}: no {what} event within {timeout:.0f}s\n"
+                              f"{self.diagnostics()}")
             if self._qmp is None:
-                raise VMError(f"{self.name}: QMP is not connected\n{self.context()}")
+                raise self._error(f"{self.name}: QMP is not connected\n{self.diagnostics()}")
             if not self.is_running():
                 if self._drain_after_exit():
                     continue
-                raise VMError(f"{self.name}: QEMU died while waiting for {name}\n{self.context()}")
+                raise self._error(f"{self.name}: QEMU died while waiting for {name}\n"
+                                  f"{self.diagnostics()}")
             try:
                 self._drain_events(wait=min(left, 0.5))
             except (QMPError, OSError, EOFError) as exc:
-                raise VMError(f"{self.name}: QMP connection lost waiting for {name}: {exc}\n"
-                              f"{self.context()}") from exc
+                raise self._error(f"{self.name}: QMP connection lost waiting for {name}: {exc}\n"
+                              f"{self.diagnostics()}") from exc
 
     def _drain_after_exit(self) -> bool:
         """Read what QEMU sent just before it exited (a MIGRATION failed, say); True if
@@ -319,21 +301,21 @@ class VM:
             while True:
                 text = self._console_buf[self._console_pos:]
                 if bad and (m := bad.search(text)):
-                    raise VMError(f"{self.name}: console showed {m.group(0)!r} while waiting "
-                                  f"for {pattern!r}\n{self.context()}")
+                    raise self._error(f"{self.name}: console showed {m.group(0)!r} while waiting "
+                                  f"for {pattern!r}\n{self.diagnostics()}")
                 if m := regex.search(text):
                     self._console_pos += m.end()
                     return m
                 left = deadline - time.monotonic()
                 if left <= 0 or not self.is_running():
                     why = f"within {timeout:.0f}s" if left <= 0 else "before QEMU exited"
-                    raise VMError(f"{self.name}: console never showed {pattern!r} {why}\n"
-                                  f"{self.context()}")
+                    raise self._error(f"{self.name}: console never showed {pattern!r} {why}\n"
+                                  f"{self.diagnostics()}")
                 self._console_cond.wait(timeout=min(left, 0.2))
 
     def type(self, text: str) -> None:
         if self._console is None:
-            raise VMError(f"{self.name}: console is not connected")
+            raise self._error(f"{self.name}: console is not connected")
         self._console.sendall(text.encode())
 
     def run_console(self, command: str, expect: str, timeout: float = 20.0,

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,10 +21,9 @@ from harness.icmp_probe import (
     main,
     parse_reply,
 )
-from harness.netns import unique_name
+from harness.netns import Namespace
 from harness.ping import analyze, parse
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
 
 # --- checksum ---------------------------------------------------------------------------
 
@@ -113,25 +110,10 @@ def test_main_refuses_an_unbounded_rate() -> None:
 # --- a real run -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A fresh network namespace with only lo up; deleted whatever the test does."""
-    # tapmig-<pid>-...: harness.netns.reap_orphans removes it should pytest be killed.
-    name = unique_name("probe")
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True,
-                       capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-
-
-@pytest.mark.skipif(os.geteuid() != 0,
-                    reason="needs root for network namespaces and raw ICMP sockets")
-def test_prober_runs_at_1khz_in_a_namespace(netns: str) -> None:
-    argv = ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-m",
-            "harness.icmp_probe", "-i", "0.001", "127.0.0.1"]
+def test_prober_runs_at_1khz_in_a_namespace(tapmig_namespace: Namespace) -> None:
+    """In a fresh namespace with only lo: no other traffic, and nothing in the host's."""
+    argv = [*tapmig_namespace.exec_prefix(), sys.executable, "-m", "harness.icmp_probe",
+            "-i", "0.001", "127.0.0.1"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     # Should it ignore SIGINT, the read below would wait forever.
@@ -159,6 +141,6 @@ def test_prober_runs_at_1khz_in_a_namespace(netns: str) -> None:
     # ~500 requests in 0.5 s; far fewer would mean it is not keeping its pace.
     assert log.transmitted is not None and log.transmitted >= 250
     assert a.replies >= log.transmitted - 2  # one may be in flight at SIGINT
-    assert not any(p.error or p.duplicate for p in log.probes)
+    assert not any(p.error or p.duplicate for p in log.lines)
     assert a.interval_ms is not None and 0.8 <= a.interval_ms <= 1.5
     assert sorted(log.sent) == list(range(1, log.transmitted + 1))

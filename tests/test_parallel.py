@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from harness import resources
+from harness.vocabulary import AccelChoice
+from tests.support import REPO
 
-pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("root_with_tun")]
+pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
 
-REPO = Path(__file__).resolve().parent.parent
 DEADLINE_S = 300.0
 # Two TCG guests on two cores stall each other around the switchover: a run's own
 # check that the outage hugs [STOP, RESUME] (150 ms slack) was seen to miss by 7 ms.
@@ -28,7 +29,7 @@ DEADLINE_S = 300.0
 RELAXED_MS = "1000"
 
 
-def test_two_runs_at_once(qemu: str, accel_choice: str, tmp_path: Path) -> None:
+def test_two_runs_at_once(tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path: Path) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(2):
@@ -36,8 +37,8 @@ def test_two_runs_at_once(qemu: str, accel_choice: str, tmp_path: Path) -> None:
             out.mkdir()
             with open(out / "stderr.txt", "wb") as err:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "harness.cli", "run", "--qemu", qemu,
-                     "--accel", accel_choice, "--out", str(out), "--epsilon-ms", RELAXED_MS],
+                    [sys.executable, "-m", "harness.cli", "run", "--qemu", tapmig_qemu,
+                     "--accel", tapmig_accel, "--out", str(out), "--epsilon-ms", RELAXED_MS],
                     cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err))
         seen: dict[int, set[str]] = {p.pid: set() for p in procs}
         deadline = time.monotonic() + DEADLINE_S

@@ -38,10 +38,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.errors import TapmigError
+from harness.errors import TapmigError, UsageError
 from harness.ping import Analysis, Pinger, PingLog, analyze, analyze_file, parse, send_times
 
 DATA = Path(__file__).parent / "data" / "ping"
@@ -84,16 +85,16 @@ COUNTS = [
 @pytest.mark.parametrize(("name", "replies", "unanswered", "tx"), COUNTS)
 def test_parse_counts_real_logs(name: str, replies: int, unanswered: int, tx: int) -> None:
     log = load(name)
-    assert sum(p.rtt_ms is not None for p in log.probes) == replies
-    assert sum(p.rtt_ms is None and not p.error for p in log.probes) == unanswered
-    assert not any(p.error or p.duplicate for p in log.probes)
+    assert sum(p.rtt_ms is not None for p in log.lines) == replies
+    assert sum(p.rtt_ms is None and not p.error for p in log.lines) == unanswered
+    assert not any(p.error or p.duplicate for p in log.lines)
     assert log.transmitted == tx
     # Every request ping counted shows up at least once, from seq 1 on.
-    assert {p.seq for p in log.probes} == set(range(1, tx + 1))
+    assert {p.seq for p in log.lines} == set(range(1, tx + 1))
 
 
 def test_parse_reads_timestamp_seq_and_rtt() -> None:
-    first = load("clean-iputils").probes[0]
+    first = load("clean-iputils").lines[0]
     # The log's first data line: [1795650924.124994] ... icmp_seq=1 ttl=64 time=0.014 ms
     assert (first.ts, first.seq, first.rtt_ms) == (1795650924.124994, 1, 0.014)
 
@@ -102,7 +103,7 @@ def test_prober_log_carries_every_send_time() -> None:
     log = load("outage-tapmig")
     assert sorted(log.sent) == list(range(1, 1472))
     # A reply's RTT is measured from that very send time (print rounding aside).
-    for p in log.probes:
+    for p in log.lines:
         if p.rtt_ms is not None:
             assert p.ts - p.rtt_ms / 1000 == pytest.approx(log.sent[p.seq], abs=5e-6)
     # iputils prints no such line.
@@ -177,7 +178,7 @@ def test_window_over_the_outage_selects_it(name: str) -> None:
 def test_window_away_from_the_outage_ignores_it(name: str) -> None:
     log = load(name)
     # 0.2 s into the capture, well before the outage at 0.5 s: only ordinary gaps.
-    at = log.probes[0].ts + 0.2
+    at = log.lines[0].ts + 0.2
     a = analyze(log, (at, at))
     assert a.blackout_start is not None and a.blackout_start <= at
     assert a.blackout_ms is not None and a.blackout_ms < 5
@@ -258,7 +259,7 @@ def test_send_times_from_replies_and_no_answer_lines() -> None:
 def test_sequence_numbers_unwrap_past_65535() -> None:
     log = parse("\n".join(
         reply(50.0 + i / 1000, seq, 0.1) for i, seq in enumerate([65534, 65535, 0, 1])))
-    assert [p.seq for p in log.probes] == [65534, 65535, 65536, 65537]
+    assert [p.seq for p in log.lines] == [65534, 65535, 65536, 65537]
     a = analyze(log)
     # No summary: transmitted is the seq span, 65537 - 65534 + 1 = 4, all answered.
     assert (a.transmitted, a.replies, a.lost) == (4, 4, 0)
@@ -283,7 +284,7 @@ def test_late_reply_across_the_wrap_keeps_its_sequence() -> None:
     # would make the late 65535 into 131071 and then 0 and 1 into 131072 and 131073:
     # a span of 65540 with 65536 requests lost.
     assert (a.transmitted, a.lost) == (4, 0)
-    assert [p.seq for p in log.probes] == [65534, 65535, 65536, 65535, 65536, 65537]
+    assert [p.seq for p in log.lines] == [65534, 65535, 65536, 65535, 65536, 65537]
 
 
 def test_duplicates_are_flagged_and_not_counted() -> None:
@@ -293,7 +294,7 @@ def test_duplicates_are_flagged_and_not_counted() -> None:
         reply(1.0025, 2, 0.3, dup=True),
         reply(1.003, 3, 0.1),
     ]))
-    assert [p.duplicate for p in log.probes] == [False, False, True, False]
+    assert [p.duplicate for p in log.lines] == [False, False, True, False]
     a = analyze(log)
     assert (a.replies, a.transmitted, a.lost) == (3, 3, 0)
     # The DUP (1.0025) does not halve the 1 ms gaps, nor move seq 2's send time to
@@ -311,7 +312,7 @@ def test_icmp_error_line_is_an_unanswered_error() -> None:
         "--- 10.0.0.2 ping statistics ---",
         "3 packets transmitted, 2 received, +1 errors, 33.3333% packet loss, time 2ms",
     ]))
-    err = log.probes[1]
+    err = log.lines[1]
     assert (err.seq, err.rtt_ms, err.error, err.ts) == (2, None, True, 5.002)
     assert log.transmitted == 3
     # An error arrives long after its request left (ARP gives up after ~3 s): it must
@@ -331,7 +332,7 @@ def test_a_failed_send_is_a_send_time() -> None:
         no_answer(40.003, 2),
         reply(40.00301, 3, 0.01),
     ]))
-    failed = log.probes[1]
+    failed = log.lines[1]
     assert (failed.seq, failed.error, failed.send_failed) == (2, True, True)
     assert send_times(log) == pytest.approx({1: 40.001, 2: 40.002, 3: 40.003})
     a = analyze(log)
@@ -411,9 +412,10 @@ def test_empty_log_analyzes_to_nothing() -> None:
     assert a == Analysis(0, 0, 0, None, None, None, None, None, 0, None, None, 0, None, None)
 
 
-def test_pinger_rejects_an_unknown_probe(tmp_path: Path) -> None:
-    with pytest.raises(TapmigError, match="unknown probe 'fping'"):
-        Pinger("10.0.0.2", tmp_path / "ping.log", probe="fping")
+def test_pinger_rejects_an_unknown_prober(tmp_path: Path) -> None:
+    unchecked: Any = "fping"  # as from a JSON file or a caller without mypy
+    with pytest.raises(UsageError, match="unknown prober 'fping'; use one of tapmig, iputils"):
+        Pinger("10.0.0.2", tmp_path / "ping.log", prober=unchecked)
 
 
 def test_pinger_reports_a_prober_that_died_on_its_own(tmp_path: Path) -> None:

@@ -13,16 +13,19 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pyroute2 import IPRoute
 
+from harness import scenario
+from harness.config import GUEST_IP, Config, Phase
 from harness.guest import Guest
-from harness.scenario import GUEST_IP, Config, Migration, run
-from harness.vm import VM
+from harness.lab import Lab
+from harness.pytest_plugin import RunFactory
+from harness.vocabulary import AccelChoice
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"}
 GUEST_NET = GUEST_IP.rsplit(".", 1)[0] + "."
 
@@ -101,33 +104,35 @@ def guest_net_in_root(net: Net) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.kvm
-@pytest.mark.usefixtures("root_with_tun")
-def test_private_rundir_and_untouched_root_namespace(qemu: str, guest: Guest,
-                                                     accel_choice: str) -> None:
+def test_private_rundir_and_untouched_root_namespace(tapmig_run: RunFactory, tapmig_qemu: str,
+                                                     tapmig_guest: Guest,
+                                                     tapmig_accel: AccelChoice) -> None:
     """A full new-TAP run (which moves the host address between TAPs mid-run) looked at
     from its fault hook at every phase, then compared with the host as it was."""
     seen: dict[str, Any] = {}
 
-    def look(phase: str, m: Migration, vms: dict[str, VM]) -> None:
+    def look(phase: Phase, m: Lab) -> None:
+        vms = [vm for vm in (m.source, m.target) if vm is not None]
         seen[phase] = {
             "guest net in root": guest_net_in_root(root_net()),
             "rundir": os.stat(m.rundir),
             "shm mode": stat.S_IMODE(os.stat(m.shm).st_mode),
             "files": {str(p): (p.parent == m.rundir, stat.S_ISSOCK(os.stat(p).st_mode))
-                      for vm in vms.values() for p in (vm.qmp_path, vm.console_path)},
-            "logs": [p.parent == m.rundir for vm in vms.values()
-                     for p in (vm.stderr_log, vm.console_log)],
+                      for vm in vms for p in (vm.qmp_path, vm.console_path)},
+            "logs": [p.parent == m.rundir for vm in vms for p in (vm.stderr_log, vm.console_log)],
         }
         if phase == "switchover":
-            seen["migration socket"] = os.stat(m.rundir / "migration.sock").st_mode
+            sock = Path(scenario.migration_uri(m).removeprefix("unix:"))
+            seen["migration socket"] = (sock.parent == m.rundir, os.stat(sock).st_mode)
 
     before = root_net()
-    rec = run(Config(qemu=qemu, guest=guest, accel=accel_choice, fault=look))
+    rec = tapmig_run(Config(qemu=tapmig_qemu, guest=tapmig_guest, accel=tapmig_accel,
+                            fault=look, pause_before_switchover=True))
     after = root_net()
     assert rec.status == "ok", rec.error
-    assert list(seen) == ["booted", "probing", "switchover", "migration socket"]
-    for phase in ("booted", "probing", "switchover"):
-        at = seen[phase]
+    socket_mode = seen.pop("migration socket")
+    assert list(seen) == list(get_args(Phase))  # every phase, in the order a run goes
+    for phase, at in seen.items():
         assert at["guest net in root"] == [], phase
         assert stat.S_IMODE(at["rundir"].st_mode) == 0o700, phase
         assert at["rundir"].st_uid == os.geteuid()
@@ -136,5 +141,6 @@ def test_private_rundir_and_untouched_root_namespace(qemu: str, guest: Guest,
         assert set(at["files"].values()) == {(True, True)}, at["files"]
         assert all(at["logs"])
     assert len(seen["switchover"]["files"]) == 4  # source and target
-    assert stat.S_ISSOCK(seen["migration socket"])
+    in_rundir, mode = socket_mode
+    assert in_rundir and stat.S_ISSOCK(mode)
     assert after == before

@@ -1,0 +1,42 @@
+"""Processes tapmig owns: how children die with it, and how its resources carry its PID.
+
+Every namespace, shm file and run directory is named tapmig-<pid>-<token>, so that
+a later run can reap what a killed run left behind without touching anyone else's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import signal
+from pathlib import Path
+
+PREFIX = "tapmig-"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: a child we start dies if tapmig is killed outright."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def owner_pid(name: str) -> int | None:
+    """The PID encoded in a tapmig resource name (tapmig-<pid>-<token>), if any."""
+    if not name.startswith(PREFIX):
+        return None
+    pid = name[len(PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def unique_name(kind: str = "") -> str:
+    return f"{PREFIX}{os.getpid()}-{kind}{secrets.token_hex(3)}"
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])

@@ -1,0 +1,58 @@
+"""What tapmig's own tests share: the repo root, the CLI runner and its one-line-error
+check, and the /proc scanner for child processes (children() is the plugin's, which its
+leak check uses).
+
+The pytest fixtures live in harness.pytest_plugin (for any project) and the repo's
+conftest.py (for this suite only); this module holds plain functions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.pytest_plugin import children, stat_fields
+
+__all__ = ["REPO", "children", "cmdline", "one_line_error", "run_tapmig", "stat_fields"]
+
+REPO = Path(__file__).resolve().parent.parent.parent
+ERROR_PREFIX = "tapmig: error: "
+
+
+def run_tapmig(*args: str, timeout: float = 60, cwd: Path = REPO,
+               env: dict[str, str] | None = None,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`tapmig ARGS` as a real subprocess of this interpreter; `env` is laid over
+    the current environment."""
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd,
+                          env={**os.environ, **env} if env is not None else None,
+                          input=input, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *needles: str,
+                   code: int | None = None) -> str:
+    """The project's rule for bad input: a non-zero exit (exactly `code` if given),
+    stderr opening with one 'tapmig: error: ' line that names the problem (every
+    needle), and no traceback. Returns that line."""
+    report = (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    assert done.returncode != 0, report
+    if code is not None:
+        assert done.returncode == code, report
+    first = done.stderr.splitlines()[0] if done.stderr else ""
+    assert first.startswith(ERROR_PREFIX), report
+    assert "Traceback" not in done.stderr, report
+    for needle in needles:
+        assert needle in first, (needle, first)
+    return first
+
+
+def cmdline(pid: int) -> str:
+    """The command line, arguments joined by spaces; empty once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""

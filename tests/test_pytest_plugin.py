@@ -1,0 +1,171 @@
+"""The pytest plugin as another project sees it: a test suite in a temporary directory,
+run by a real pytest that finds tapmig through its `pytest11` entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.capabilities import query_capabilities
+from tests.support import REPO
+from tests.support.wheel import Installed
+
+FOREIGN_TESTS = '''
+import subprocess
+import pytest
+from harness.config import Config
+
+
+def test_qemus(tapmig_qemu, tapmig_accel):
+    print("QEMU", tapmig_qemu, tapmig_accel)
+
+
+@pytest.fixture(scope="module")
+def spawned():
+    """Children a test leaves running, killed only after every test's teardown."""
+    procs = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_leaves_a_child(spawned):
+    spawned.append(subprocess.Popen(["sleep", "30"]))
+
+
+@pytest.mark.usefixtures("tapmig_leak_check")
+def test_leaves_a_child_checked(spawned):
+    spawned.append(subprocess.Popen(["sleep", "30"]))
+
+
+@pytest.mark.kvm
+def test_marked():
+    pass
+
+
+def test_records(tapmig_run):
+    assert tapmig_run(Config(qemu="/nonexistent/qemu")).status == "failed"
+'''
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project of its own: no conftest, no config, only a test file."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "test_foreign.py").write_text(FOREIGN_TESTS)
+    return root
+
+
+def pytest_in(where: Path, *args: str,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          cwd=where, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def test_each_qemu_is_a_parameter_and_accel_passes_through(project: Path) -> None:
+    done = pytest_in(project, "-s", "-k", "qemus", "--qemu=/a/qemu", "--qemu=/b/qemu",
+                     "--accel", "tcg")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "QEMU /a/qemu tcg" in done.stdout and "QEMU /b/qemu tcg" in done.stdout
+    assert "2 passed" in done.stdout
+
+
+def test_qemu_and_accel_default_to_the_environment(project: Path) -> None:
+    done = pytest_in(project, "-s", "-k", "qemus",
+                     env={"TAPMIG_QEMU": f"/a/qemu{os.pathsep}/b/qemu", "TAPMIG_ACCEL": "kvm"})
+    assert "QEMU /a/qemu kvm" in done.stdout and "QEMU /b/qemu kvm" in done.stdout
+    bad = pytest_in(project, "-k", "qemus", env={"TAPMIG_ACCEL": "bogus"})
+    assert bad.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "unknown accelerator 'bogus'" in bad.stderr
+
+
+def test_leak_check_is_offered_not_imposed(project: Path) -> None:
+    done = pytest_in(project, "-v", "-k", "leaves_a_child")
+    assert "test_foreign.py::test_leaves_a_child PASSED" in done.stdout
+    assert "test_foreign.py::test_leaves_a_child_checked ERROR" in done.stdout
+    assert "test leaked: ['process " in done.stdout and "(sleep)" in done.stdout
+
+
+def test_kvm_marker_is_registered(project: Path) -> None:
+    done = pytest_in(project, "--strict-markers", "-m", "kvm")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+
+
+def test_qemu_with_a_space_is_refused_where_pytest_misreads_it(project: Path,
+                                                               tmp_path: Path) -> None:
+    """pytest picks its rootdir and config before plugins load, from `--qemu PATH`'s PATH
+    too: where that loses the project's config, the run is refused in one line that
+    gives the spelling that works, before anything is written next to the binary."""
+    (project / "pytest.ini").write_text("[pytest]\nmarkers = mine: a marker of its own\n")
+    qemu = tmp_path / "bin" / "qemu-system-x86_64"
+    qemu.parent.mkdir()
+    qemu.write_text("")
+    done = subprocess.run([sys.executable, "-m", "pytest", "--qemu", str(qemu)], cwd=project,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR
+    assert f"write --qemu={qemu}" in done.stderr
+    assert sorted(p.name for p in qemu.parent.iterdir()) == [qemu.name]
+    # A test path as well leads pytest to the project's config: nothing to refuse.
+    fine = pytest_in(project, "--qemu", str(qemu), "test_foreign.py", "-k", "qemus")
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    assert "configfile: pytest.ini" in fine.stdout
+    joined = pytest_in(project, f"--qemu={qemu}", "-k", "qemus")
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+
+
+@pytest.mark.usefixtures("tapmig_root_with_tun")
+def test_run_factory_keeps_each_record(project: Path, tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    done = pytest_in(project, "-k", "records", f"--tapmig-records={records}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [kept] = records.iterdir()
+    assert kept.name == "test_records.json"
+    assert json.loads(kept.read_text())["status"] == "failed"
+
+
+@pytest.mark.kvm
+@pytest.mark.usefixtures("tapmig_root_with_tun")
+def test_the_installed_wheel_brings_the_plugin(project: Path, tapmig_installed: Installed,
+                                               request: pytest.FixtureRequest) -> None:
+    """Outside the clone, from the wheel alone, the README's example runs against every
+    QEMU under test: a real local migration where the QEMU has the series, a skip that
+    names what is missing where it has not."""
+    (project / "test_readme_example.py").write_text(README_EXAMPLE)
+    qemus = request.config.getoption("--qemu") or ["qemu-system-x86_64"]
+    done = tapmig_installed.run("pytest", "-p", "no:cacheprovider", "-rs", "--strict-markers",
+                                "-m", "kvm", "test_readme_example.py",
+                                *(f"--qemu={q}" for q in qemus), cwd=project, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with_series = [q for q in qemus if query_capabilities(q).interface != "none"]
+    assert f"{len(with_series)} passed" in done.stdout or not with_series, done.stdout
+    if len(with_series) < len(qemus):
+        assert "lacks the series" in done.stdout, done.stdout
+
+
+# Kept word for word in README.md's "Using the pytest plugin" section; a test checks that.
+README_EXAMPLE = '''\
+import pytest
+from harness.config import Config
+
+
+@pytest.mark.kvm
+def test_local_migration_keeps_the_network(tapmig_qemu, tapmig_capabilities, tapmig_run):
+    if tapmig_capabilities.interface == "none":
+        pytest.skip(f"{tapmig_qemu} lacks the series: {tapmig_capabilities.verdict()}")
+    record = tapmig_run(Config(qemu=tapmig_qemu, mode="local", queues=4))
+    assert record.status == "ok", record.error
+    assert record.blackout_ms is not None and record.blackout_ms < 500
+'''
+
+
+def test_readme_shows_the_example() -> None:
+    assert README_EXAMPLE in (REPO / "README.md").read_text()
