@@ -18,19 +18,24 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import requests
 
+from harness import atomic
 from harness.cache import default_cache
-from harness.errors import TapmigError
+from harness.errors import TapmigError, UsageError
 
 KINDS = ("iso", "kernel", "initrd", "embedded")
 BOOT_ROLES = ("embedded", "iso", "kernel")
 _CLONE = Path(__file__).resolve().parents[1]
-DEFAULT_MANIFEST = _CLONE / "assets.toml"
+# Package data, so an installed tapmig finds it from any directory. In the clone it
+# is a symlink to the top-level assets.toml, the one source, which the wheel copies.
+DEFAULT_MANIFEST: Traversable = files("harness") / "assets.toml"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
@@ -51,7 +56,7 @@ class Asset:
 class Manifest:
     """The parsed assets.toml: assets by name, and each guest as role -> asset name."""
 
-    path: Path
+    path: str
     default: str
     assets: dict[str, Asset]
     guests: dict[str, dict[str, str]]
@@ -59,7 +64,7 @@ class Manifest:
     def asset(self, name: str) -> Asset:
         """Look up an asset by the name a user typed, listing the choices if it is wrong."""
         if name not in self.assets:
-            raise TapmigError(f"unknown asset {name!r}; choose one of: {', '.join(self.assets)}")
+            raise UsageError(f"unknown asset {name!r}; choose one of: {', '.join(self.assets)}")
         return self.assets[name]
 
 
@@ -80,14 +85,15 @@ class _Transient(Exception):
     """A fault worth retrying: 5xx, a cut-short transfer, a refused resume."""
 
 
-def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
+def load_manifest(source: Path | Traversable = DEFAULT_MANIFEST) -> Manifest:
     """Parse and validate assets.toml, so a typo fails here and not mid-download or mid-boot."""
+    path = str(source)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise TapmigError(f"cannot read asset manifest {path}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read asset manifest {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise TapmigError(f"{path}: invalid TOML: {exc}; fix the syntax") from exc
+        raise UsageError(f"{path}: invalid TOML: {exc}; fix the syntax") from exc
     assets = {name: _asset(path, name, e) for name, e in _tables(path, data, "assets").items()}
     guests = {
         name: _guest(path, name, roles, assets)
@@ -95,28 +101,28 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
     }
     default = data.get("default")
     if not isinstance(default, str) or default not in guests:
-        raise TapmigError(
+        raise UsageError(
             f"{path}: 'default' must name a guest ({', '.join(guests)}), got {default!r}"
         )
     return Manifest(path, default, assets, guests)
 
 
-def _tables(path: Path, data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+def _tables(path: str, data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
     """The [key.NAME] tables of the manifest, with names safe to use as directory names."""
     tables = data.get(key)
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
-        raise TapmigError(f"{path}: expected one [{key}.NAME] table per entry")
+        raise UsageError(f"{path}: expected one [{key}.NAME] table per entry")
     for name in tables:
         if not _NAME.fullmatch(name):
-            raise TapmigError(f"{path}: {key} name {name!r} may only use letters, digits, . _ -")
+            raise UsageError(f"{path}: {key} name {name!r} may only use letters, digits, . _ -")
     return tables
 
 
-def _asset(path: Path, name: str, entry: dict[str, Any]) -> Asset:
+def _asset(path: str, name: str, entry: dict[str, Any]) -> Asset:
     """Validate one [assets.NAME] entry; every message names the entry and the field."""
 
     def bad(key: str, why: str) -> NoReturn:
-        raise TapmigError(f"{path}: entry {name!r}: field {key!r} {why}")
+        raise UsageError(f"{path}: entry {name!r}: field {key!r} {why}")
 
     kind = entry.get("kind")
     needed = ["kind", "description"] + ([] if kind == "embedded" else ["url", "sha256"])
@@ -140,18 +146,18 @@ def _asset(path: Path, name: str, entry: dict[str, Any]) -> Asset:
 
 
 def _guest(
-    path: Path, name: str, roles: dict[str, Any], assets: dict[str, Asset]
+    path: str, name: str, roles: dict[str, Any], assets: dict[str, Asset]
 ) -> dict[str, str]:
     """Validate one [guests.NAME] table: roles are asset kinds, with one way to boot."""
     where = f"{path}: guest {name!r}"
     for role, ref in roles.items():
         if role not in KINDS:
-            raise TapmigError(f"{where}: unknown role {role!r}; use one of {', '.join(KINDS)}")
+            raise UsageError(f"{where}: unknown role {role!r}; use one of {', '.join(KINDS)}")
         if not isinstance(ref, str) or ref not in assets or assets[ref].kind != role:
-            raise TapmigError(f"{where}: {role!r} must name an asset of kind {role!r}, got {ref!r}")
+            raise UsageError(f"{where}: {role!r} must name an asset of kind {role!r}, got {ref!r}")
     boots = [role for role in BOOT_ROLES if role in roles]
     if len(boots) != 1 or ("initrd" in roles and boots != ["kernel"]):
-        raise TapmigError(
+        raise UsageError(
             f"{where}: needs exactly one of {', '.join(BOOT_ROLES)}; initrd needs kernel"
         )
     return dict(roles)
@@ -168,7 +174,7 @@ def parse_guest(spec: str, manifest: Manifest) -> GuestSpec:
     if ":" not in spec:
         if spec not in manifest.guests:
             known = ", ".join([*manifest.guests, "kernel:PATH[,initrd:PATH]"])
-            raise TapmigError(f"unknown guest {spec!r}; choose one of: {known}")
+            raise UsageError(f"unknown guest {spec!r}; choose one of: {known}")
         roles = manifest.guests[spec]
         kind = next(role for role in BOOT_ROLES if role in roles)
         return GuestSpec(spec, kind, assets=dict(roles))
@@ -177,13 +183,13 @@ def parse_guest(spec: str, manifest: Manifest) -> GuestSpec:
     for item in spec.split(","):
         role, _, value = item.partition(":")
         if role not in ("kernel", "initrd") or role in paths or not value:
-            raise TapmigError(usage)
+            raise UsageError(usage)
         paths[role] = Path(value).expanduser().resolve()
     if "kernel" not in paths:
-        raise TapmigError(usage)
+        raise UsageError(usage)
     for role, file in paths.items():
         if not file.is_file():
-            raise TapmigError(f"guest {spec!r}: {role} file {file} does not exist; pass a file")
+            raise UsageError(f"guest {spec!r}: {role} file {file} does not exist; pass a file")
     return GuestSpec("custom-kernel", "kernel", paths=paths)
 
 
@@ -194,7 +200,7 @@ def cache_dir(override: Path | None = None) -> Path:
     """
     root = (override or default_cache()).expanduser().resolve()
     if (_CLONE / ".git").exists() and root.is_relative_to(_CLONE):
-        raise TapmigError(f"cache {root} is inside the clone {_CLONE}; set TAPMIG_CACHE elsewhere")
+        raise UsageError(f"cache {root} is inside the clone {_CLONE}; set TAPMIG_CACHE elsewhere")
     return root
 
 
@@ -206,7 +212,7 @@ def asset_path(asset: Asset, cache: Path) -> Path:
 def _pinned(asset: Asset) -> tuple[str, str]:
     """The url and sha256 of a downloadable asset; the embedded guest has neither."""
     if asset.url is None or asset.sha256 is None:
-        raise TapmigError(f"asset {asset.name!r} is built locally; run `tapmig guest build`")
+        raise UsageError(f"asset {asset.name!r} is built locally; run `tapmig guest build`")
     return asset.url, asset.sha256
 
 
@@ -236,15 +242,15 @@ def fetch(
         if target.exists():
             if not stamp.exists() or stamp.read_text() != _stamp_of(target, sha):
                 _verify(asset, sha, target, target, "cached")
-                stamp.write_text(_stamp_of(target, sha))
+                atomic.write_text(stamp, _stamp_of(target, sha))
             return target
         if offline or os.environ.get("TAPMIG_OFFLINE", "") not in ("", "0"):
-            raise TapmigError(f"offline and {asset.name} is not cached: download {url} to {target}")
-        part = target.with_name(target.name + ".part")
-        _download(url, part, target, timeout, retries, backoff, _Progress(asset.name, progress))
-        _verify(asset, sha, part, target, "downloaded")
-        part.replace(target)
-        stamp.write_text(_stamp_of(target, sha))
+            raise UsageError(f"offline and {asset.name} is not cached: download {url} to {target}")
+        with atomic.staged(target, resumable=True) as part:
+            _download(url, part, target, timeout, retries, backoff,
+                      _Progress(asset.name, progress))
+            _verify(asset, sha, part, target, "downloaded")
+        atomic.write_text(stamp, _stamp_of(target, sha))
     return target
 
 

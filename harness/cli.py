@@ -1,39 +1,32 @@
-"""The `tapmig` command: argument parsing, one-line errors, exit codes.
-
-Exit codes: 0 success, 1 a run or check failed, 2 bad input or an unusable
-host, 130 interrupted (after everything was cleaned up).
-"""
+"""The `tapmig` command: dispatch, one-line errors and exit codes (listed in cli_parser)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from harness import accel, assets, measure, ping, rootless
-from harness.bench import bench
-from harness.cache import default_cache
-from harness.errors import TapmigError
+from harness import accel, assets, chain, measure, ping, rootless, traffic
+from harness.bench import bench, bench_chain
+from harness.capabilities import query_capabilities
+from harness.cli_parser import parser
+from harness.config import Config
+from harness.errors import EXIT_INTERRUPTED, TapmigError, Unsupported, UsageError
 from harness.guest import build_embedded, resolve
 from harness.measure import stderr_log as _log
-from harness.probe import probe
-from harness.record import MODES, RunRecord
-from harness.report import compare, load_report, parse_threshold, render_markdown
-from harness.scenario import Config, preflight, run
-
-
-def _out_dir(value: str) -> Path:
-    return Path(value)
-
-
-GUEST_HELP = ("guest to boot: a name from assets.toml (default: embedded; see `tapmig assets "
-              "list`) or kernel:PATH[,initrd:PATH]")
+from harness.record import RunRecord
+from harness.report import load_report
+from harness.report_render import render_markdown
+from harness.scenario import preflight, run
+from harness.verdict import compare, parse_threshold
+from harness.vocabulary import as_accel_choice, as_mode
 
 
 def _guest_spec(value: str | None) -> tuple[assets.Manifest, assets.GuestSpec]:
@@ -45,22 +38,29 @@ def _guest_spec(value: str | None) -> tuple[assets.Manifest, assets.GuestSpec]:
 def cmd_run(args: argparse.Namespace) -> int:
     manifest, spec = _guest_spec(args.guest)
     cfg = Config(qemu=args.qemu, mode=args.mode, accel=args.accel, vhost=args.vhost,
-                 queues=args.queues, ram_mib=args.ram, out=args.out, cache=args.cache,
-                 epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout, probe=args.probe)
+                 queues=args.queues, vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
+                 flows=args.flows, tcp=args.tcp, ram_mib=args.ram, out=args.out, cache=args.cache,
+                 epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout,
+                 prober=args.prober)
     caps = preflight(cfg)  # bad input and an unusable host: one line, exit 2, before any table
     cfg.guest = resolve(spec, manifest, args.cache, _log)  # a download comes after preflight
     # --accel kvm on a host whose KVM cannot boot the guest is refused here too; the
     # verdict is cached, so the run itself does not probe again.
     accel.choose(cfg.accel, caps.qemu, cfg.guest, args.cache, _log)
-    rec = run(cfg, log=_log)
-    print(format_record(rec))
+    rec = run(cfg, log=_log, caps=caps)
+    print(json.dumps(rec.to_json(), indent=2) if args.json else format_record(rec))
     if rec.status != "ok":
-        first, _, detail = (rec.error or "unknown failure").partition("\n")
-        print(f"tapmig: error: {first}", file=sys.stderr)
-        if detail:
-            print("  " + detail.replace("\n", "\n  "), file=sys.stderr)
-        return 2 if rec.status == "unsupported" else 1
+        print_error(rec.error or "unknown failure")
+        return Unsupported.exit_code if rec.status == "unsupported" else TapmigError.exit_code
     return 0
+
+
+def print_error(message: str) -> None:
+    """The first line says what to do; the rest (console tails ...) is indented detail."""
+    first, _, detail = message.partition("\n")
+    print(f"tapmig: error: {first}", file=sys.stderr)
+    if detail:
+        print("  " + detail.replace("\n", "\n  "), file=sys.stderr)
 
 
 def format_record(rec: RunRecord) -> str:
@@ -74,47 +74,60 @@ def format_record(rec: RunRecord) -> str:
         ("accelerator", f"{rec.accel}: {rec.accel_reason}"),
         ("guest", rec.guest),
         ("ping blackout", f"{num(rec.blackout_ms, ' ms')} (resolution "
-                          f"{num(rec.resolution_ms, ' ms')}, {rec.probe} probe every "
+                          f"{num(rec.resolution_ms, ' ms')}, {rec.prober} prober every "
                           f"{num(rec.interval_ms, ' ms')})"),
         ("lost packets", f"{num(rec.lost)} (late replies: {num(rec.late_replies)})"),
         ("QMP downtime", num(rec.downtime_ms, " ms")),
         ("STOP -> RESUME", f"{num(rec.stop_resume_ms, ' ms')} (outage began "
                            f"{num(rec.pre_stop_ms, ' ms')} before STOP)"),
+        *traffic.table_rows(rec),
         ("run time", num(rec.duration_s, " s")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def parse_window(text: str) -> tuple[float, float]:
+    """STOP,RESUME as two finite unix timestamps, STOP first."""
+    usage = "give STOP,RESUME as two unix timestamps, e.g. 1795650270.89,1795650270.95"
+    try:
+        stop, resume = (float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise UsageError(f"--window {text!r}: {usage}") from exc
+    if not (math.isfinite(stop) and math.isfinite(resume)):
+        raise UsageError(f"--window {text!r}: not a number; {usage}")
+    if stop > resume:
+        raise UsageError(f"--window {text!r}: STOP is after RESUME; {usage}")
+    return stop, resume
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    window = None
-    if args.window:
-        try:
-            a, b = (float(x) for x in args.window.split(","))
-        except ValueError as exc:
-            raise TapmigError(f"--window {args.window!r}: give STOP,RESUME as two unix "
-                              "timestamps, e.g. 1795650270.89,1795650270.95") from exc
-        window = (a, b)
-    print(json.dumps(ping.analyze_file(args.ping_log, window).to_json(), indent=2))
+    """`-` is stdin, so a log can come straight out of a pipe or an archive."""
+    window = parse_window(args.window) if args.window else None
+    path = Path("/dev/stdin") if str(args.ping_log) == "-" else args.ping_log
+    result = ping.analyze_file(path, window)
+    if window and result.blackout_ms is None:
+        raise UsageError(f"--window {args.window}: no gap between replies in {args.ping_log} "
+                         "overlaps it; pass the run's stop_ts,resume_ts from its record.json")
+    print(json.dumps(result.to_json(), indent=2))
     return 0
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    caps = probe(args.qemu)
+def cmd_capabilities(args: argparse.Namespace) -> int:
+    caps = query_capabilities(args.qemu)
     if args.json:
         print(json.dumps(caps.to_json(), indent=2))
         return 0
     yes = {True: "yes", False: "NO"}
     print(f"QEMU {caps.version} ({caps.qemu})")
     print(f"  migration parameter 'local':        {yes[caps.local]}")
-    print(f"  tap option 'incoming-fds':          {yes[caps.incoming_fds]}")
-    print(f"  virtio-net-pci 'local-migration':   {yes[caps.local_migration]}")
+    print(f"  v12 tap option 'incoming-fds':      {yes[caps.incoming_fds]}")
+    print(f"  v12 virtio-net 'local-migration':   {yes[caps.local_migration]}")
     print(f"  capability 'x-ignore-shared':       {yes[caps.x_ignore_shared]}")
     print(f"  vhost-net on this host:             "
-          f"{'yes' if caps.vhost_net is None else 'NO: ' + caps.vhost_net}")
-    missing = caps.missing_for_local()
-    print("  local migration:                    "
-          + ("supported" if not missing else "NOT supported: missing " + ", ".join(missing)))
+          f"{'yes' if caps.vhost_problem is None else 'NO: ' + caps.vhost_problem}")
+    print(f"  TAP option for local migration:     {caps.tap_local_option or 'NO'}")
+    print(f"  interface of the series:            {caps.verdict()}")
     return 0
 
 
@@ -125,18 +138,21 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    iterations = measure.check_iterations(args.iterations)
+    shape = measure.shape(args.iterations, args.chain, args.duration, args.shard)
     modes = measure.parse_modes(args.mode)
     manifest, spec = _guest_spec(args.guest)
     measure.prepare_out(args.out)
     plan = measure.Plan(builds=measure.resolve_builds(args.qemu), modes=modes,
-                        iterations=iterations, out=args.out, accel=args.accel,
+                        iterations=shape.iterations, out=args.out, accel=args.accel,
                         queues=args.queues, cache=args.cache,
-                        guest=resolve(spec, manifest, args.cache, _log))
+                        vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
+                        flows=args.flows, tcp=args.tcp,
+                        guest=resolve(spec, manifest, args.cache, _log), shard=shape.shard,
+                        hops=shape.hops, duration_s=shape.duration_s,
+                        epsilon_ms=args.epsilon_ms)
     plan = measure.preflight(plan, _log)
-    _log(f"{plan.total} runs: {iterations} iterations x {len(modes)} modes x "
-                       f"{len(plan.builds)} builds, interleaved")
-    outcome = measure.measure(plan)
+    _log(measure.describe(plan))
+    outcome = chain.measure_chains(plan) if plan.hops else measure.measure(plan)
     print(render_markdown(outcome.report), end="")
     for ext, path in outcome.paths.items():
         _log(f"report.{ext}: {path}")
@@ -149,10 +165,25 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+def _assets_json(manifest: assets.Manifest, cache: Path) -> dict[str, object]:
+    listed = []
+    for asset in manifest.assets.values():
+        path = None if asset.url is None else assets.asset_path(asset, cache)
+        listed.append({"name": asset.name, "kind": asset.kind, "description": asset.description,
+                       "url": asset.url, "sha256": asset.sha256,
+                       "path": None if path is None else str(path),
+                       "cached": None if path is None else path.exists()})
+    return {"manifest": manifest.path, "default": manifest.default,
+            "guests": manifest.guests, "assets": listed}
+
+
 def cmd_assets_list(args: argparse.Namespace) -> int:
     """Each asset with where its file is (or goes, for an offline user to put it there)."""
     manifest = assets.load_manifest()
     cache = assets.cache_dir(args.cache)
+    if args.json:
+        print(json.dumps(_assets_json(manifest, cache), indent=2))
+        return 0
     for asset in manifest.assets.values():
         print(f"{asset.name}  ({asset.kind})  {asset.description}")
         if asset.url is None:
@@ -173,106 +204,39 @@ def cmd_assets_fetch(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     threshold = parse_threshold(args.threshold)
-    verdict = compare(load_report(args.baseline), load_report(args.current), threshold)
-    print("\n".join(verdict.lines))
-    print("verdict: REGRESSED" if verdict.regressed else "verdict: no regression")
-    return 1 if verdict.regressed else 0
+    verdict = compare(load_report(args.baseline), load_report(args.current), threshold,
+                      allow_mismatch=args.allow_mismatch)
+    word = "REGRESSED" if verdict.regressed else "no regression"
+    if args.json:
+        print(json.dumps({"verdict": word, **verdict.to_json()}, indent=2))
+    else:
+        print("\n".join([*verdict.lines, f"verdict: {word}"]))
+    return TapmigError.exit_code if verdict.regressed else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    modes = [m for m in args.mode.split(",") if m]
-    if unknown := [m for m in modes if m not in MODES]:
-        raise TapmigError(f"unknown mode {unknown[0]!r}; use {', '.join(MODES)}")
+    modes = [as_mode(m) for m in args.mode.split(",") if m]
     if args.iterations < 1:
-        raise TapmigError(f"--iterations {args.iterations}: give at least 1")
+        raise UsageError(f"--iterations {args.iterations}: give at least 1")
     preflight(Config(qemu=args.qemu, mode=modes[0], accel=args.accel))
-    lines = bench(args.qemu, modes, args.iterations, args.accel, args.cache,
-                  log=_log)
+    if args.chain is not None:
+        measure.shape(None, args.chain)  # the same check of N as measure --chain
+        lines = bench_chain(args.qemu, modes, args.chain, args.accel, args.cache, _log,
+                            args.out, epsilon_ms=args.epsilon_ms, flows=args.flows,
+                            tcp=args.tcp, vcpus=traffic.resolve_vcpus(args.vcpus, 4))
+    else:
+        lines = bench(args.qemu, modes, args.iterations, args.accel, args.cache, log=_log)
     print("\n".join(lines))
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    # CI sets TAPMIG_ACCEL=kvm to require KVM; pytest's --accel reads it too.
-    accel_default = os.environ.get("TAPMIG_ACCEL", "auto")
-    p = argparse.ArgumentParser(prog="tapmig", description=__doc__.splitlines()[0] if __doc__
-                                else None)
-    p.add_argument("--cache", type=Path, default=default_cache(),
-                   help="cache directory (default: $TAPMIG_CACHE or ~/.cache/tapmig)")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    r = sub.add_parser("run", help="run one migration and print its numbers")
-    r.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary to test")
-    r.add_argument("--accel", choices=accel.ACCELS, default=accel_default,
-                   help="default: $TAPMIG_ACCEL, else auto")
-    r.add_argument("--mode", choices=MODES, default="new-tap")
-    r.add_argument("--vhost", action="store_true", help="vhost=on (needs /dev/vhost-net)")
-    r.add_argument("--queues", type=int, default=4)
-    r.add_argument("--ram", type=int, default=256, help="guest RAM in MiB")
-    r.add_argument("--out", type=_out_dir, help="write record.json and logs here")
-    r.add_argument("--epsilon-ms", type=float, default=None,
-                   help="slack around [STOP, RESUME] for the blackout "
-                        "(default 50 under KVM, 150 under TCG)")
-    r.add_argument("--boot-timeout", type=float, default=60.0)
-    r.add_argument("--probe", choices=ping.PROBES, default="tapmig",
-                   help="tapmig: 1 ms pace through the outage (default); iputils: ping -D -O")
-    r.add_argument("--guest", help=GUEST_HELP)
-    r.set_defaults(func=cmd_run)
-
-    a = sub.add_parser("analyze", help="analyse a saved `ping -D -O` log, as JSON")
-    a.add_argument("ping_log", type=Path)
-    a.add_argument("--window", help="STOP,RESUME unix timestamps: pick the hole overlapping them")
-    a.set_defaults(func=cmd_analyze)
-
-    pr = sub.add_parser("probe", help="what this QEMU can do (local migration, vhost...)")
-    pr.add_argument("--qemu", default="qemu-system-x86_64")
-    pr.add_argument("--json", action="store_true")
-    pr.set_defaults(func=cmd_probe)
-
-    m = sub.add_parser("measure", help="repeat migrations over builds and modes; write a report")
-    m.add_argument("--qemu", action="append", required=True,
-                   help="QEMU binary to test; repeat to compare builds")
-    m.add_argument("--mode", action="append", required=True,
-                   help=f"comma-separated, or repeated: {','.join(MODES)}")
-    m.add_argument("--iterations", type=int, required=True, help="runs per build and mode")
-    m.add_argument("--out", type=_out_dir, required=True,
-                   help="new directory for report.{json,md,html}, records/ and runs/")
-    m.add_argument("--accel", choices=accel.ACCELS, default=accel_default,
-                   help="default: $TAPMIG_ACCEL, else auto")
-    m.add_argument("--queues", type=int, default=4)
-    m.add_argument("--guest", help=GUEST_HELP)
-    m.set_defaults(func=cmd_measure)
-
-    c = sub.add_parser("compare", help="regression verdict between two report.json files")
-    c.add_argument("--baseline", type=Path, required=True, help="earlier report.json")
-    c.add_argument("--current", type=Path, required=True, help="new report.json")
-    c.add_argument("--threshold", default="10%",
-                   help="allowed slowdown of the median, '10%%' or '0.1' (default 10%%)")
-    c.set_defaults(func=cmd_compare)
-
-    b = sub.add_parser("bench", help="print speed and memory figures against their targets")
-    b.add_argument("--qemu", default="qemu-system-x86_64")
-    b.add_argument("--mode", default="new-tap", help="comma-separated: new-tap,local")
-    b.add_argument("--iterations", type=int, default=3)
-    b.add_argument("--accel", choices=accel.ACCELS, default=accel_default,
-                   help="default: $TAPMIG_ACCEL, else auto")
-    b.set_defaults(func=cmd_bench)
-
-    s = sub.add_parser("assets", help="the downloadable guest files of assets.toml")
-    ss = s.add_subparsers(dest="assets_command", required=True)
-    ss.add_parser("list", help="every asset, and whether it is cached").set_defaults(
-        func=cmd_assets_list)
-    sf = ss.add_parser("fetch", help="download one asset into the cache and verify it")
-    sf.add_argument("name", help="an asset name from `tapmig assets list`")
-    sf.add_argument("--offline", action="store_true",
-                    help="never use the network: fail unless it is cached (or TAPMIG_OFFLINE=1)")
-    sf.set_defaults(func=cmd_assets_fetch)
-
-    g = sub.add_parser("guest", help="the embedded guest")
-    gs = g.add_subparsers(dest="guest_command", required=True)
-    gb = gs.add_parser("build", help="build (or find cached) the embedded guest")
-    gb.set_defaults(func=cmd_guest_build)
-    return p
+def cmd_report(args: argparse.Namespace) -> int:
+    """One report and verdict from the record directories of several shards."""
+    outcome = measure.merge_report(args.dirs, args.out, args.allow_mismatch)
+    print(render_markdown(outcome.report), end="")
+    for ext, path in outcome.paths.items():
+        _log(f"report.{ext}: {path}")
+    return outcome.exit_code
 
 
 _OWNER = os.getpid()
@@ -305,6 +269,13 @@ def _redeliver(hook: sys.UnraisableHookArgs) -> None:
     sys.__unraisablehook__(hook)
 
 
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "measure": cmd_measure, "compare": cmd_compare, "analyze": cmd_analyze,
+    "capabilities": cmd_capabilities, "bench": cmd_bench, "guest build": cmd_guest_build,
+    "report": cmd_report,
+    "assets list": cmd_assets_list, "assets fetch": cmd_assets_fetch,
+}
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 # Subcommands that create namespaces and TAPs: a normal user gets rootless mode.
 NEEDS_NET_ADMIN = ("run", "measure", "bench")
 
@@ -315,21 +286,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     sys.unraisablehook = _redeliver
     try:
+        if "accel" in args:  # $TAPMIG_ACCEL is the default, which argparse never checks
+            args.accel = as_accel_choice(args.accel)
         if args.command in NEEDS_NET_ADMIN:
             if rootless.active():
                 rootless.enter()
             elif not rootless.privileged():
                 rootless.reexec(argv)  # does not return
-        return int(args.func(args))
+        return HANDLERS[args.handler](args)
     except KeyboardInterrupt:
         print("tapmig: interrupted; everything it started was cleaned up", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except TapmigError as exc:
-        first, _, detail = str(exc).partition("\n")
-        print(f"tapmig: error: {first}", file=sys.stderr)
-        if detail:
-            print("  " + detail.replace("\n", "\n  "), file=sys.stderr)
-        return 2
+        print_error(str(exc))
+        return exc.exit_code
+    except BrokenPipeError:
+        # The reader (`| head`) has gone: stop quietly, and keep the interpreter's final
+        # flush of stdout from failing again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ Inside, it is root of a user namespace that owns a fresh network namespace, so
 it may create namespaces and TAPs there, and nowhere else. /run is replaced by
 a private tmpfs in the private mount namespace, so the named namespaces of
 pyroute2 have a place to live; they vanish with the process, whatever happens.
+
+Root of a user namespace is still the user towards the host's device nodes: a
+/dev/net/tun that only the real root may open (mode 0600, as on a fresh machine
+without udev's rule) stays closed inside, so preflight checks it as the user.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import TapmigError
+from harness.errors import HostError
 
 ENV = "TAPMIG_ROOTLESS"
 MAX_USERNS = Path("/proc/sys/user/max_user_namespaces")
@@ -58,11 +62,31 @@ def missing() -> str | None:
     return None
 
 
+def tun_refusal(tun: Path | None = None) -> str | None:
+    """Why this user cannot create TAPs in rootless mode, with the fix, or None.
+
+    `tun` is for tests, which point it at a device node of their own."""
+    from harness import host  # imported here: host imports this module, for privileged()
+
+    tun = tun or host.TUN
+    if why := host.device_problem(tun, "; load the tun module (modprobe tun)"):
+        return (f"rootless mode cannot create TAPs: {why}; as root, let users open it "
+                f"(`chmod 0666 {tun}`, as udev's default rule does) or run tapmig with sudo")
+    return None
+
+
+def refusal() -> str | None:
+    """The one line tapmig prints when this user cannot run rootless, or None."""
+    if why := missing():
+        return (f"tapmig needs root or CAP_NET_ADMIN, or unprivileged user namespaces "
+                f"for rootless mode, but {why}; run it with sudo")
+    return tun_refusal()
+
+
 def reexec(argv: Sequence[str]) -> None:
     """Become root of a private user + network namespace by running tapmig again there."""
-    if why := missing():
-        raise TapmigError(f"tapmig needs root or CAP_NET_ADMIN, or unprivileged user "
-                          f"namespaces for rootless mode, but {why}; run it with sudo")
+    if why := refusal():
+        raise HostError(why)
     os.execvpe("unshare", ["unshare", "--user", "--map-root-user", "--mount", "--net", "--",
                            sys.executable, "-m", "harness.cli", *argv],
                {**os.environ, ENV: "1"})
@@ -73,7 +97,7 @@ def enter() -> None:
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tapmig-run", "/run"],
                          capture_output=True, text=True, timeout=10)
     if res.returncode != 0:
-        raise TapmigError(f"rootless mode: cannot mount a private /run: {res.stderr.strip()}")
+        raise HostError(f"rootless mode: cannot mount a private /run: {res.stderr.strip()}")
 
 
 def active() -> bool:

@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from harness.build import (
-    CONFIGURE_FLAGS,
+from harness.build import CONFIGURE_FLAGS, build_qemu, cache_key, cached_binary
+from harness.errors import TapmigError
+from harness.qemu_source import (
     BuildInputError,
-    build_qemu,
-    cache_key,
-    cached_binary,
     expand_patches,
     inspect_source,
     prepare_source,
     split_mbox,
 )
-from harness.errors import TapmigError
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "qemu"
+
+
+def needs(*tools: str) -> pytest.MarkDecorator:
+    """Skip, naming the tools, on a host without them (ci/build-qemu installs them)."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} not installed")
 
 GOOD = b"""--- a/hw/net.c
 +++ b/hw/net.c
@@ -144,6 +147,7 @@ def test_split_mbox_keeps_two_messages_in_order() -> None:
     assert split_mbox(GOOD) == [GOOD]
 
 
+@needs("patch")
 def test_mbox_applies_message_by_message(tree: Path, tmp_path: Path) -> None:
     cover = (b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
              b"Subject: [PATCH 0/2] cover letter\n\nNo diff here.\n")
@@ -156,6 +160,7 @@ def test_mbox_applies_message_by_message(tree: Path, tmp_path: Path) -> None:
     assert any("[3/3]" in line and "second" in line for line in lines)
 
 
+@needs("patch")
 def test_good_patch_applies_to_a_copy_and_leaves_the_source_alone(
     tree: Path, tmp_path: Path
 ) -> None:
@@ -171,6 +176,7 @@ def test_good_patch_applies_to_a_copy_and_leaves_the_source_alone(
     assert not list(tree.rglob("*.orig")) and not list(tree.rglob("*.rej"))
 
 
+@needs("patch")
 def test_bad_patch_names_the_patch_and_the_files(tree: Path, tmp_path: Path) -> None:
     bad = _write(tmp_path / "0002-bad.patch", BAD)
     with pytest.raises(TapmigError) as err:
@@ -182,12 +188,14 @@ def test_bad_patch_names_the_patch_and_the_files(tree: Path, tmp_path: Path) -> 
     assert "\n" not in msg
 
 
+@needs("patch")
 def test_patch_applied_twice_is_reported(tree: Path, tmp_path: Path) -> None:
     good = _write(tmp_path / "good.patch", GOOD)
     with pytest.raises(TapmigError, match=r"good.patch does not apply: hw/net.c \(reversed"):
         _prepare(tree, [good, good], tmp_path)
 
 
+@needs("git")
 def test_git_tree_builds_committed_head(tree: Path, tmp_path: Path) -> None:
     def git(*args: str) -> None:
         subprocess.run(["git", "-C", str(tree), *args], check=True, capture_output=True)
@@ -263,10 +271,8 @@ def test_cached_shared_series_returns_at_once() -> None:
     if cached_binary(source, patches) is None:
         pytest.skip("no cached build of the shared series; run ci/build-qemu first")
     lines: list[str] = []
-    start = time.monotonic()
     binary = build_qemu(source, patches, log=lines.append)
-    assert time.monotonic() - start < 10
-    assert lines == [f"cached: {binary}"]
+    assert lines == [f"cached: {binary}"]  # nothing configured, built or installed
     version = subprocess.run([str(binary), "-version"], capture_output=True, text=True,
                              timeout=30, check=True)
     assert "10.2.2" in version.stdout
@@ -302,6 +308,7 @@ def fake(tree: Path, tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
+@needs("patch", "ninja")
 def test_build_then_cached_on_a_fake_tree(tree: Path, fake: Path, tmp_path: Path) -> None:
     patch = _write(tmp_path / "a.patch", GOOD)
     lines: list[str] = []
@@ -334,6 +341,7 @@ def test_pc_bios_meson_failure_hints_at_the_build_fix(tree: Path, fake: Path) ->
         build_qemu(tree, [], cache=fake, extra_configure=["--enable-ds-bug"], log=print)
 
 
+@needs("ninja")
 def test_parallel_builds_of_one_key_build_once(tree: Path, fake: Path) -> None:
     args = ["--source", str(tree), "--cache", str(fake)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -345,3 +353,13 @@ def test_parallel_builds_of_one_key_build_once(tree: Path, fake: Path) -> None:
     assert results[0][0] == results[1][0] and results[0][0].strip().endswith(
         "qemu-system-x86_64")
     assert sum("configure:" in err for _, err in results) == 1
+
+
+def test_cli_failed_build_exits_1_with_one_error_line(tree: Path, fake: Path) -> None:
+    """The exit code comes from the error class, as for `tapmig`: a failed build is 1."""
+    proc = _cli("--source", str(tree), "--cache", str(fake), "--configure-arg=--enable-broken")
+    assert (proc.returncode, proc.stdout) == (1, "")
+    lines = proc.stderr.splitlines()  # progress lines, then the one error line
+    assert lines[-1].startswith("build-qemu: error: configure failed (ERROR: Dependency glib")
+    assert sum(line.startswith("build-qemu: error:") for line in lines) == 1
+    assert "Traceback" not in proc.stderr

@@ -27,11 +27,12 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import build, measure
-from harness.cli import parser
+from harness import build, measure, qemu_source
+from harness.cli_parser import parser
 from harness.errors import TapmigError
+from tests.support import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 GITLAB = ROOT / "ci" / "gitlab-ci.yml"
 GITHUB = ROOT / ".github" / "workflows" / "tapmig.yml"
 README = ROOT / "ci" / "README.md"
@@ -66,13 +67,20 @@ def _strings(value: Any, where: str) -> list[str]:
 
 
 def gitlab_jobs(doc: dict[Any, Any]) -> dict[str, dict[str, Any]]:
-    """Every job (hidden `.templates` aside), each checked to have a script."""
+    """Every job (hidden `.templates` aside) with what it `extends` merged in, as the
+    runner sees it; each checked to have a script."""
     jobs = {str(k): v for k, v in doc.items()
             if k not in GITLAB_GLOBALS and not str(k).startswith(".")}
     if not jobs:
         raise ConfigError("GitLab: no job defined")
     for name, job in jobs.items():
-        if not isinstance(job, dict) or "script" not in job:
+        if not isinstance(job, dict):
+            raise ConfigError(f"GitLab job {name!r} has no script")
+        for template in _strings(job.get("extends", []), f"GitLab job {name!r} extends"):
+            if not isinstance(doc.get(template), dict):
+                raise ConfigError(f"GitLab job {name!r} extends {template!r}, which is absent")
+            job = jobs[name] = {**doc[template], **job}
+        if "script" not in job:
             raise ConfigError(f"GitLab job {name!r} has no script")
         _strings(job["script"], f"GitLab job {name!r} script")
     return jobs
@@ -326,6 +334,14 @@ def github_job(github: dict[Any, Any]) -> dict[str, Any]:
     return github_jobs(github)["tapmig"]
 
 
+@pytest.fixture(scope="module")
+def unit_jobs(gitlab: dict[Any, Any], github: dict[Any, Any]) -> dict[str, list[list[str]]]:
+    """The commands of the lint+unit job, in each CI."""
+    hub = "\n".join(github_scripts(github_jobs(github)["lint-unit"]))
+    return {"GitLab": commands(gitlab_script(gitlab_jobs(gitlab)["lint-unit"])),
+            "GitHub": commands(hub)}
+
+
 def _all_scripts(gitlab: dict[Any, Any], github: dict[Any, Any]) -> Iterator[tuple[str, str]]:
     for name, job in gitlab_jobs(gitlab).items():
         yield f"GitLab {name}", gitlab_script(job)
@@ -399,8 +415,8 @@ def test_gitlab_job_shape(gitlab: dict[Any, Any], gitlab_job: dict[str, Any]) ->
     # The cache keeps $TAPMIG_CACHE, which lies inside the project directory.
     cache_dir = variables["TAPMIG_CACHE"].removeprefix("$CI_PROJECT_DIR/")
     assert cache_dir != variables["TAPMIG_CACHE"]
-    assert gitlab_job["cache"]["paths"] == [cache_dir + "/"]
-    assert gitlab_job["cache"]["when"] == "always"
+    [build_cache] = [c for c in gitlab_job["cache"] if c["paths"] == [cache_dir + "/"]]
+    assert build_cache["when"] == "always"
     # The baseline is this same job's report, on the target branch, with the job token.
     script = gitlab_script(gitlab_job)
     assert ("$CI_API_V4_URL/projects/$CI_PROJECT_ID/jobs/artifacts/"
@@ -450,7 +466,7 @@ def test_github_cache_key_is_the_build_key(github_job: dict[str, Any], tmp_path:
                              text=True, check=True, timeout=60)
         return res.stdout.strip()
 
-    assert key(patch) == build.cache_key(build.inspect_source(src), [patch],
+    assert key(patch) == build.cache_key(qemu_source.inspect_source(src), [patch],
                                          build.CONFIGURE_FLAGS)[0]
     assert key() != key(patch)
 
@@ -500,7 +516,6 @@ def test_malformed_jobs_are_reported() -> None:
     ("tapmig guest nope", "tapmig guest nope: not a tapmig subcommand"),
     (".venv/bin/python -m pytest --no-such-option", "pytest: unknown option --no-such-option"),
     ("a=(--tapmig-recrods r)\npytest \"${a[@]}\"", "pytest: unknown option --tapmig-recrods"),
-    ("a=(--qemu /usr/bin/q)\npytest \"${a[@]}\"", "write --qemu=/usr/bin/q"),
     ("python3 -m pytest -m 'kvm and gpu'", "marker 'gpu' is not declared"),
     ("python3 -c 'from harness.build import cache_key, no_such_name'", "no_such_name: no such"),
     ("python3 -m harness.no_such_module", "harness.no_such_module: no such module"),
@@ -517,6 +532,17 @@ def test_checker_reports_a_script_that_is_not_executable(project: Project,
     (tmp_path / "ci" / "plain").write_text("#!/bin/sh\n")
     other = Project(tmp_path, project.pytest_options, project.markers)
     assert check_script("if true; then ci/plain; fi", other) == ["ci/plain: not executable"]
+
+
+def test_checker_reports_a_conftest_option_with_a_separate_value(project: Project) -> None:
+    """An option only a conftest.py adds needs `=`: before that conftest is loaded, pytest
+    takes a separate value for a test path. (tapmig's own options come from its plugin,
+    loaded first, so they take either form.)"""
+    other = Project(project.root, project.pytest_options | {"--late"}, project.markers,
+                    frozenset({"--late"}))
+    assert check_script('a=(--late /usr/bin/q)\npytest "${a[@]}"', other) == [
+        "pytest --late /usr/bin/q: write --late=/usr/bin/q"]
+    assert check_script("pytest --qemu /usr/bin/q", project) == []
 
 
 def test_checker_accepts_what_exists(project: Project) -> None:
@@ -536,3 +562,109 @@ def test_checker_accepts_what_exists(project: Project) -> None:
 def test_syntax_errors_are_reported() -> None:
     assert bash_syntax("if true; then echo\n") is not None
     assert bash_syntax("if true; then echo; fi\n") is None
+
+
+# --- the lint+unit job, downloads, baselines ---------------------------------------------
+
+CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
+needs_checker = pytest.mark.skipif(not CHECK_JSONSCHEMA.exists(), reason=(
+    f"{CHECK_JSONSCHEMA} is not installed (pip install -e '.[test]', as ci/setup does)"))
+
+
+def validate(schema: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema with the CI vendor's own schema, which it ships (no network)."""
+    return subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", schema, str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@needs_checker
+@pytest.mark.parametrize(("schema", "path"), [("vendor.github-workflows", GITHUB),
+                                              ("vendor.gitlab-ci", GITLAB)],
+                         ids=["github", "gitlab"])
+def test_job_files_match_their_vendors_schema(schema: str, path: Path, tmp_path: Path) -> None:
+    done = validate(schema, path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The schema is really applied: a job with a misspelt key fails it.
+    broken = tmp_path / path.name
+    text = path.read_text()
+    misspelt = text.replace("timeout-minutes:", "timeout-minuets:", 1) \
+        if "timeout-minutes:" in text else text.replace("  timeout: 1h", "  timeout_: 1h", 1)
+    assert misspelt != text
+    broken.write_text(misspelt)
+    assert validate(schema, broken).returncode != 0
+
+
+def test_lint_unit_job_runs_lint_and_the_tests_without_guests(
+        unit_jobs: dict[str, list[list[str]]]) -> None:
+    for ci, cmds in unit_jobs.items():
+        lines = [" ".join(words) for words in cmds]
+        assert "ci/setup --chromium" in lines, ci
+        assert ".venv/bin/ruff check ." in lines and ".venv/bin/mypy" in lines, ci
+        [pytest_cmd] = [words[words.index("pytest") + 1:] for words in cmds if "pytest" in words]
+        assert pytest_cmd[pytest_cmd.index("-m") + 1] == "not kvm", ci
+        junit = next(w for w in pytest_cmd if w.startswith("--junitxml="))
+        assert junit == "--junitxml=out/junit-unit.xml", ci
+
+
+def test_lint_unit_job_needs_no_kvm_runner(gitlab: dict[Any, Any],
+                                           github: dict[Any, Any]) -> None:
+    assert "tags" not in gitlab_jobs(gitlab)["lint-unit"]
+    assert gitlab_jobs(gitlab)["tapmig"]["tags"] == ["$TAPMIG_RUNNER_TAG"]
+    assert github_jobs(github)["lint-unit"]["runs-on"] == "ubuntu-latest"
+
+
+def test_chromium_only_where_the_browser_test_runs(gitlab: dict[Any, Any],
+                                                   github: dict[Any, Any]) -> None:
+    """The KVM job installs no Chromium; the job that does selects the browser test."""
+    setup = (ROOT / "ci" / "setup").read_text()
+    assert "chromium" not in setup.split("packages=(", 1)[1].split(")", 1)[0]
+    kvm_scripts = [gitlab_script(gitlab_jobs(gitlab)["tapmig"]),
+                   *github_scripts(github_jobs(github)["tapmig"])]
+    assert all("--chromium" not in script for script in kvm_scripts)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-m", "not kvm", "--collect-only",
+                          "-q", "-p", "no:cacheprovider", "tests/test_report_browser.py"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert re.search(r"^\d+ tests? collected", res.stdout, re.M), res.stdout[-2000:]
+
+
+def test_apt_and_pip_downloads_are_cached(gitlab: dict[Any, Any],
+                                          github: dict[Any, Any]) -> None:
+    variables = gitlab["variables"]
+    for name in ("TAPMIG_APT_CACHE", "PIP_CACHE_DIR"):
+        assert variables[name].startswith("$CI_PROJECT_DIR/.cache/"), name
+    for name in ("lint-unit", "tapmig"):
+        caches = gitlab_jobs(gitlab)[name]["cache"]
+        assert any(c["paths"] == [".cache/"] for c in caches), name
+        steps = github_jobs(github)[name]["steps"]
+        [cache] = [s for s in steps if s.get("uses", "").startswith("actions/cache@")]
+        assert cache["with"]["path"] == ".cache"
+        env = "\n".join(s.get("run", "") for s in steps)
+        assert "TAPMIG_APT_CACHE=$GITHUB_WORKSPACE/.cache/apt" in env, name
+        assert "PIP_CACHE_DIR=$GITHUB_WORKSPACE/.cache/pip" in env, name
+    assert "TAPMIG_APT_CACHE" in (ROOT / "ci" / "setup").read_text()
+
+
+def test_default_branch_compares_with_the_previous_push(gitlab_job: dict[str, Any],
+                                                        github_job: dict[str, Any]) -> None:
+    script = gitlab_script(gitlab_job)
+    assert 'elif [ "${CI_COMMIT_BRANCH:-}" = "$CI_DEFAULT_BRANCH" ]; then' in script
+    assert "target=$CI_DEFAULT_BRANCH" in script
+    steps = {s.get("id"): s for s in github_job["steps"]}
+    baseline = steps["baseline"]
+    assert baseline["with"]["branch"] == "${{ github.base_ref || github.ref_name }}"
+    assert "github.ref_name == github.event.repository.default_branch" in baseline["if"]
+    # Only successful runs are baselines, and a regression fails the run.
+    assert baseline["with"]["workflow_conclusion"] == "success"
+    compare = next(s for s in github_job["steps"] if "tapmig compare" in s.get("run", ""))
+    assert "steps.baseline.outcome != 'skipped'" in compare["if"]
+    assert "exit 1 ;;" in compare["run"]
+
+
+def test_github_publishes_the_junit_results(github: dict[Any, Any]) -> None:
+    for name, job in github_jobs(github).items():
+        written = {w.split("=", 1)[1] for script in github_scripts(job)
+                   for words in commands(script) for w in words if w.startswith("--junitxml=")}
+        published = {s["with"]["report_paths"] for s in job["steps"]
+                     if s.get("uses", "").startswith("mikepenz/action-junit-report@")}
+        assert written and written == published, name
+    assert github["permissions"]["checks"] == "write"

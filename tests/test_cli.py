@@ -3,11 +3,13 @@
 Each case runs the real `tapmig` command in a subprocess; nothing is mocked.
 The host conditions are made real too: a PATH without ping, and a private
 mount namespace where /dev/net/tun is hidden. (Unprivileged users are in
-test_rootless.py.)
+test_rootless.py.) Also the command's own surface: --version, --help, --json,
+stdin, a closed output pipe.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,11 +18,16 @@ from pathlib import Path
 
 import pytest
 
+import harness
 from harness import accel
 from harness.cache import default_cache
 from harness.cli import format_record
 from harness.guest import build_embedded
 from harness.record import RunRecord
+from harness.report import build_report, write_report
+from harness.vocabulary import Accel
+from tests.support import REPO, run_tapmig
+from tests.support import one_line_error as _one_line_error
 
 QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
@@ -28,21 +35,14 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop pr
                                 "or to make a mount namespace")
 
 
-def tapmig(*args: str, env: dict[str, str] | None = None,
-           prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, sys.executable, "-m", "harness.cli", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})},
-                          cwd=Path(__file__).resolve().parent.parent)
+PING_LOG = REPO / "tests" / "data" / "ping" / "outage-tapmig.log"
+tapmig = run_tapmig
 
 
 def one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tapmig: error: "), res.stderr
-    for needle in needles:
-        assert needle in lines[0]
-    assert res.stdout == ""
+    """Exit 2, one line, nothing on stdout: refused before anything ran."""
+    _one_line_error(res, *needles, code=2)
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == "", res.stderr
 
 
 def test_missing_qemu() -> None:
@@ -83,7 +83,7 @@ def test_no_dev_net_tun(tmp_path: Path) -> None:
     script = ("mount --make-rprivate / && mount -t tmpfs none /dev/net && "
               f"exec {sys.executable} -m harness.cli run --qemu {QEMU}")
     res = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True,
-                         text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+                         text=True, timeout=60, cwd=REPO)
     one_line_error(res, "/dev/net/tun is missing")
 
 
@@ -123,3 +123,119 @@ def test_kvm_required_where_kvm_cannot_boot_the_guest() -> None:
         pytest.skip("KVM boots the guest on this host, so --accel kvm is not refused")
     one_line_error(tapmig("run", "--qemu", QEMU, "--accel", "kvm"), "--accel kvm, but",
                    "use --accel auto or tcg")
+
+
+# --- the command's own surface -------------------------------------------------------------
+
+
+def test_version_from_the_script_and_from_python_m_harness() -> None:
+    assert tapmig("--version").stdout == f"tapmig {harness.__version__}\n"
+    done = subprocess.run([sys.executable, "-m", "harness", "--version"], capture_output=True,
+                          text=True, timeout=60, cwd="/", check=False)
+    assert (done.returncode, done.stdout) == (0, f"tapmig {harness.__version__}\n")
+
+
+def test_help_opens_for_users_and_lists_the_exit_codes() -> None:
+    text = tapmig("--help").stdout
+    description = text.split("\n\n")[1]
+    assert description.startswith("tapmig proves that a virtio-net guest keeps its network")
+    codes = text[text.index("exit codes:"):]
+    for code in ("0", "1", "2", "130", "141"):
+        assert f"\n  {code} " in codes
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_cache_is_accepted_before_and_after_the_subcommand(tmp_path: Path, where: str) -> None:
+    cache = tmp_path / "elsewhere"
+    args = ["assets", "list", "--json"]
+    args = ["--cache", str(cache), *args] if where == "before" else [*args, "--cache", str(cache)]
+    done = tapmig(*args)
+    assert done.returncode == 0, done.stderr
+    paths = [a["path"] for a in json.loads(done.stdout)["assets"] if a["path"]]
+    assert paths and all(p.startswith(f"{cache}/assets/") for p in paths)
+
+
+def test_assets_list_json_matches_the_manifest() -> None:
+    listing = json.loads(tapmig("assets", "list", "--json").stdout)
+    assert listing["default"] == "embedded"
+    by_name = {a["name"]: a for a in listing["assets"]}
+    assert by_name["embedded"]["url"] is None and by_name["embedded"]["cached"] is None
+    assert by_name["fedora-kernel"]["sha256"].startswith("d4738d03")
+    assert listing["guests"]["fedora"] == {"kernel": "fedora-kernel", "initrd": "fedora-initrd"}
+
+
+def test_analyze_reads_stdin() -> None:
+    from_file = tapmig("analyze", str(PING_LOG))
+    from_stdin = tapmig("analyze", "-", input=PING_LOG.read_text())
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert json.loads(from_stdin.stdout) == json.loads(from_file.stdout)
+    assert json.loads(from_stdin.stdout)["blackout_ms"] is not None
+
+
+@pytest.fixture(scope="module")
+def hole() -> dict[str, float]:
+    """The outage of the captured log, as `tapmig analyze` finds it without a window."""
+    found: dict[str, float] = json.loads(tapmig("analyze", str(PING_LOG)).stdout)
+    return found
+
+
+def test_analyze_finds_the_outage_in_its_window(hole: dict[str, float]) -> None:
+    done = tapmig("analyze", str(PING_LOG), "--window",
+                  f"{hole['blackout_start']},{hole['blackout_end']}")
+    assert json.loads(done.stdout)["blackout_ms"] == hole["blackout_ms"]
+
+
+@pytest.mark.parametrize(("window", "needle"), [
+    ("{b},{a}", "STOP is after RESUME"),
+    ("nan,{b}", "not a number"),
+    ("{a},inf", "not a number"),
+    ("{a},{b},{b}", "two unix timestamps"),
+    ("1.0,2.0", "no gap between replies"),
+], ids=["reversed", "nan", "inf", "three", "outage-missing"])
+def test_analyze_refuses_a_window_that_cannot_be_right(hole: dict[str, float], window: str,
+                                                       needle: str) -> None:
+    text = window.format(a=hole["blackout_start"], b=hole["blackout_end"])
+    one_line_error(tapmig("analyze", str(PING_LOG), "--window", text), "--window", needle)
+
+
+def test_a_closed_output_pipe_is_no_traceback() -> None:
+    """`tapmig analyze LOG | head`: the reader is gone before tapmig writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "harness.cli", "analyze", str(PING_LOG)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              cwd=REPO, check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def report_file(path: Path, accel_name: Accel, blackouts: list[float]) -> Path:
+    recs = [RunRecord(mode="new-tap", qemu="/q", qemu_version="9.0.0", accel=accel_name,
+                      guest="g", host_kernel="6.1", blackout_ms=b, downtime_ms=b / 10,
+                      interval_ms=0.9, iteration=i) for i, b in enumerate(blackouts, 1)]
+    return write_report(build_report(recs, {}, partial=False), path)["json"]
+
+
+def test_compare_refuses_unlike_runs_unless_allowed(tmp_path: Path) -> None:
+    base = report_file(tmp_path / "kvm", "kvm", [10.0, 11.0, 12.0, 10.5, 11.5])
+    cur = report_file(tmp_path / "tcg", "tcg", [40.0, 41.0, 42.0, 40.5, 41.5])
+    one_line_error(tapmig("compare", "--baseline", str(base), "--current", str(cur)),
+                   "not comparable", "accelerator kvm vs tcg", "--allow-mismatch")
+    done = tapmig("compare", "--baseline", str(base), "--current", str(cur),
+                  "--allow-mismatch", "--json")
+    assert done.returncode == 1, done.stderr
+    verdict = json.loads(done.stdout)
+    assert (verdict["verdict"], verdict["differences"]) == ("REGRESSED",
+                                                            ["accelerator kvm vs tcg"])
+    assert {j["metric"] for j in verdict["judgements"] if j["regressed"]} == {
+        "blackout_ms", "downtime_ms"}
+
+
+def test_compare_says_when_intervals_are_just_min_max(tmp_path: Path) -> None:
+    base = report_file(tmp_path / "a", "tcg", [10.0, 11.0, 12.0])
+    cur = report_file(tmp_path / "b", "tcg", [10.5, 11.5, 12.5])
+    done = tapmig("compare", "--baseline", str(base), "--current", str(cur))
+    assert done.returncode == 0, done.stderr
+    assert "rest on intervals that are just [min, max]" in done.stdout

@@ -13,29 +13,29 @@ import pytest
 from harness.errors import TapmigError
 from harness.record import RunRecord
 from harness.report import (
-    SCHEMA,
     build_report,
-    compare,
+    cpu_model,
     load_report,
     median_ci,
-    parse_threshold,
     percentile,
     ratio_ci,
-    render_html,
-    render_markdown,
     write_report,
 )
+from harness.report_model import SCHEMA, Combination, Report
+from harness.report_render import render_html, render_markdown
+from harness.verdict import NotComparable, compare, parse_threshold
+from harness.vocabulary import Mode
 
 QEMU_A = "/opt/a/build/qemu-system-x86_64"
 QEMU_B = "/opt/b/build/qemu-system-x86_64"
 
 
-def rec(mode: str = "local", qemu: str = QEMU_A, version: str = "9.0.0", **kw: Any) -> RunRecord:
+def rec(mode: Mode = "local", qemu: str = QEMU_A, version: str = "9.0.0", **kw: Any) -> RunRecord:
     base: dict[str, Any] = {"accel": "kvm", "guest": "debian-12", "host_kernel": "6.1.0-21"}
     return RunRecord(mode=mode, qemu=qemu, qemu_version=version, **(base | kw))
 
 
-def runs(blackouts: list[float], mode: str = "local", qemu: str = QEMU_A,
+def runs(blackouts: list[float], mode: Mode = "local", qemu: str = QEMU_A,
          version: str = "9.0.0", downtime: list[float] | None = None) -> list[RunRecord]:
     downs = downtime or [b / 2 for b in blackouts]
     return [rec(mode, qemu, version, blackout_ms=b, downtime_ms=d, stop_resume_ms=b - 1,
@@ -43,9 +43,8 @@ def runs(blackouts: list[float], mode: str = "local", qemu: str = QEMU_A,
             for i, (b, d) in enumerate(zip(blackouts, downs, strict=True), 1)]
 
 
-def combo(report: dict[str, Any], mode: str, qemu: str = QEMU_A) -> dict[str, Any]:
-    found: list[dict[str, Any]] = [
-        c for c in report["combinations"] if c["mode"] == mode and c["qemu"] == qemu]
+def combo(report: Report, mode: Mode, qemu: str = QEMU_A) -> Combination:
+    found = [c for c in report.combinations if c.mode == mode and c.qemu == qemu]
     assert len(found) == 1
     return found[0]
 
@@ -62,13 +61,13 @@ def test_percentile_is_nearest_rank() -> None:
 def test_summary_known_answers() -> None:
     records = runs([12, 10, 50, 30, 20], downtime=[6, 5, 25, 15, 10])
     records[0].downtime_ms = None
-    m = combo(build_report(records, {}, partial=False), "local")["metrics"]
+    m = combo(build_report(records, {}, partial=False), "local").metrics
     b = m["blackout_ms"]
-    assert (b["n"], b["min"], b["median"], b["p95"], b["max"]) == (5, 10, 20, 50, 50)
+    assert (b.n, b.min, b.median, b.p95, b.max) == (5, 10, 20, 50, 50)
     d = m["downtime_ms"]
-    assert (d["n"], d["missing"], d["median"], d["p95"]) == (4, 1, 12.5, 25)
-    assert m["stop_resume_ms"]["median"] == 19
-    assert m["lost"]["median"] == 1  # lost = i % 3 -> 1, 2, 0, 1, 2
+    assert (d.n, d.missing, d.median, d.p95) == (4, 1, 12.5, 25)
+    assert m["stop_resume_ms"].median == 19
+    assert m["lost"].median == 1  # lost = i % 3 -> 1, 2, 0, 1, 2
 
 
 def test_median_ci_is_deterministic_and_contains_the_median() -> None:
@@ -94,7 +93,7 @@ def test_ratios_between_builds_and_between_modes() -> None:
     records = (runs([20, 20, 20]) + runs([40, 40, 40], "new-tap")
                + runs([30, 30, 30], qemu=QEMU_B, version="9.1.0"))
     report = build_report(records, {}, partial=False)
-    got = {(r["metric"], r["label"]): (r["ratio"], r["ci"]) for r in report["ratios"]}
+    got = {(r.metric, r.label): (r.ratio, r.ci) for r in report.ratios}
     assert got == {
         ("blackout_ms", "local / new-tap, 9.0.0 (a/build/qemu-system-x86_64)"): (0.5, [0.5, 0.5]),
         ("downtime_ms", "local / new-tap, 9.0.0 (a/build/qemu-system-x86_64)"): (0.5, [0.5, 0.5]),
@@ -112,11 +111,11 @@ def test_failed_and_unsupported_are_counted_with_reasons() -> None:
                rec("new-tap", status="unsupported", error="QEMU lacks local migration")]
     report = build_report(records, {}, partial=False)
     local, newtap = combo(report, "local"), combo(report, "new-tap")
-    assert (local["runs"], local["ok"]) == (4, 2)
-    assert local["failed"] == {"count": 2, "reasons": {"guest stopped answering": 2}}
-    assert newtap["unsupported"] == {"count": 1, "reasons": {"QEMU lacks local migration": 1}}
-    assert newtap["metrics"]["blackout_ms"]["median"] is None
-    assert local["metrics"]["blackout_ms"]["ci"] is None  # n < 3
+    assert (local.runs, local.ok) == (4, 2)
+    assert (local.failed.count, local.failed.reasons) == (2, {"guest stopped answering": 2})
+    assert newtap.unsupported.reasons == {"QEMU lacks local migration": 1}
+    assert newtap.metrics["blackout_ms"].median is None
+    assert local.metrics["blackout_ms"].ci is None  # n < 3
     md = render_markdown(report)
     assert "failed: local 9.0.0 (build/qemu-system-x86_64): 2 of 4 runs: guest stopped" in md
     assert "not supported: new-tap 9.0.0 (build/qemu-system-x86_64): 1 of 1 runs: QEMU lacks" in md
@@ -125,19 +124,20 @@ def test_failed_and_unsupported_are_counted_with_reasons() -> None:
 def test_meta_prefers_records_and_fills_the_rest() -> None:
     records = runs([20, 21], version="9.0.0") + runs([5], "new-tap", QEMU_B, "9.1.0")
     records[1].host_kernel = ""
-    meta = build_report(records, {"host": "ci-7", "guest": "ignored"}, partial=False)["meta"]
-    assert meta["qemu_versions"] == f"9.0.0 ({QEMU_A}); 9.1.0 ({QEMU_B})"
-    assert (meta["accel"], meta["guest"], meta["host_kernel"]) == ("kvm", "debian-12", "6.1.0-21")
-    assert (meta["date"], meta["host"]) == ("2024-06-01T10:01:00Z", "ci-7")
+    meta = build_report(records, {"host": "ci-7", "guest": "ignored"}, partial=False).meta
+    assert meta.qemu_versions == f"9.0.0 ({QEMU_A}); 9.1.0 ({QEMU_B})"
+    assert (meta.accel, meta.guest, meta.host_kernel) == ("kvm", "debian-12", "6.1.0-21")
+    assert (meta.date, meta.extra) == ("2024-06-01T10:01:00Z", {"host": "ci-7"})
+    assert (meta.prober, meta.queues) == ("tapmig", "4 queues, vhost off")
     bare = build_report([rec(started="", host_kernel="", status="failed")], {"host_kernel": "6.9"},
-                        partial=True)["meta"]
-    assert bare["host_kernel"] == "6.9" and re.match(r"\d{4}-\d\d-\d\dT", bare["date"])
+                        partial=True).meta
+    assert bare.host_kernel == "6.9" and re.match(r"\d{4}-\d\d-\d\dT", bare.date)
 
 
 # --- rendering ----------------------------------------------------------------------------
 
 
-def four_combinations(partial: bool = False) -> dict[str, Any]:
+def four_combinations(partial: bool = False) -> Report:
     records = (runs([20, 22, 21, 25, 19]) + runs([80, 82, 79, 90, 81], "new-tap")
                + runs([30, 31, 29, 33, 30], qemu=QEMU_B, version="9.1.0")
                + runs([85, 84, 86, 83, 88], "new-tap", QEMU_B, "9.1.0"))
@@ -148,7 +148,8 @@ def four_combinations(partial: bool = False) -> dict[str, Any]:
 def test_markdown_table_has_the_numbers() -> None:
     md = render_markdown(four_combinations())
     rows = [line for line in md.splitlines() if line.startswith("| 9.")]
-    ci = combo(four_combinations(), "local")["metrics"]["blackout_ms"]["ci"]
+    ci = combo(four_combinations(), "local").metrics["blackout_ms"].ci
+    assert ci is not None
     assert rows[0] == (f"| 9.0.0 (a/build/qemu-system-x86_64) | local | 5 | 21.0 "
                        f"[{ci[0]:.1f}, {ci[1]:.1f}] | 25.0 | 10.2 | 20.0 | 1 |")
     assert rows[3].startswith("| 9.1.0 (b/build/qemu-system-x86_64) | new-tap | 5 | 85.0 [")
@@ -197,7 +198,7 @@ def test_write_report_round_trips_and_leaves_no_temp_files(tmp_path: Path) -> No
     paths = write_report(report, tmp_path / "new" / "dir")
     assert sorted(p.name for p in (tmp_path / "new" / "dir").iterdir()) == [
         "report.html", "report.json", "report.md"]
-    assert load_report(paths["json"]) == json.loads(json.dumps(report))
+    assert load_report(paths["json"]) == report
 
 
 @pytest.mark.parametrize("records", [
@@ -301,8 +302,11 @@ def test_no_successful_current_run_is_a_regression() -> None:
     before = build_report(runs(BASE), {}, partial=False)
     after = build_report([rec(status="failed", error="boom")], {}, partial=True)
     result = compare(before, after, 0.1)
-    assert result.regressed and "no successful measurement now" in result.lines[1]
+    assert result.regressed and result.judgements[0].why.startswith(
+        "REGRESSED: no successful measurement now")
     assert result.lines[0] == "note: current report is PARTIAL"
+    # No ok run, so no achieved probe interval to check: said, not guessed.
+    assert result.unchecked == ["probe interval"]
 
 
 def test_matching_by_version_among_several_builds(tmp_path: Path) -> None:
@@ -333,3 +337,97 @@ def test_mismatched_reports() -> None:
     with pytest.raises(TapmigError, match=re.escape(
             "no combination in common: baseline has local 9.0.0, current has new-tap 9.0.0")):
         compare(before, after, 0.1)
+
+
+# --- unlike runs -------------------------------------------------------------------------
+
+OLD_REPORT = Path(__file__).parent / "data" / "report" / "report-before-meta-checks.json"
+
+
+def test_cpu_model_is_the_model_name_of_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                    "model name\t: Intel(R) Xeon(R)  Gold 6338 CPU @ 2.00GHz\n\nprocessor\t: 1\n")
+    assert cpu_model(info) == "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz"
+    # build_report runs where the runs ran: it records this host's CPU.
+    assert build_report(runs([1.0]), {}, partial=False).meta.cpu_model == cpu_model()
+
+
+def test_report_records_what_compare_checks() -> None:
+    records = runs([20, 21, 22])
+    for r, interval in zip(records, (0.9, 0.92, 0.91), strict=True):
+        r.interval_ms, r.queues, r.vhost, r.prober = interval, 1, True, "iputils"
+    meta = build_report(records, {}, partial=False).meta
+    assert (meta.probe_interval_ms, meta.queues, meta.prober) == (0.91, "1 queues, vhost on",
+                                                                  "iputils")
+
+
+def test_a_report_written_before_the_checks_still_loads_and_compares() -> None:
+    old = load_report(OLD_REPORT)
+    assert (old.meta.accel, old.meta.cpu_model, old.meta.probe_interval_ms) == (
+        "tcg", "unknown", None)
+    new = build_report(runs([40.0, 41.0, 39.0], "new-tap", "/usr/bin/qemu-system-x86_64",
+                            "7.2.22"), {}, partial=False)
+    new.meta.accel, new.meta.guest, new.meta.host_kernel = "tcg", old.meta.guest, \
+        old.meta.host_kernel
+    result = compare(old, new, 0.1)
+    assert result.unchecked == ["CPU model", "prober", "queue layout", "probe interval"]
+    assert ("note: not checked, a report does not record it: CPU model, prober, queue layout, "
+            "probe interval") in result.lines
+
+
+def unlike(**changes: Any) -> tuple[Report, Report]:
+    """Two reports of the same runs, the current one's context changed as given."""
+    base = build_report(runs(BASE), {}, partial=False)
+    cur = build_report(runs(BASE), {}, partial=False)
+    for key, value in changes.items():
+        setattr(cur.meta, key, value)
+    return base, cur
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"accel": "tcg"}, ["accelerator kvm vs tcg"]),
+    ({"cpu_model": "Other CPU"}, ["CPU model "]),
+    ({"host_kernel": "6.12.0", "guest": "alpine"}, ["host kernel 6.1.0-21 vs 6.12.0",
+                                                    "guest debian-12 vs alpine"]),
+    ({"prober": "iputils"}, ["prober tapmig vs iputils"]),
+    ({"queues": "1 queues, vhost off"}, ["queue layout 4 queues, vhost off vs 1 queues"]),
+], ids=["accel", "cpu", "kernel-and-guest", "prober", "queues"])
+def test_unlike_runs_are_refused_naming_each_difference(changes: dict[str, Any],
+                                                        named: list[str]) -> None:
+    base, cur = unlike(**changes)
+    with pytest.raises(NotComparable) as err:
+        compare(base, cur, 0.1)
+    assert err.value.exit_code == 2 and len(err.value.differences) == len(named)
+    for needle, difference in zip(named, err.value.differences, strict=True):
+        assert difference.startswith(needle)
+    assert "--allow-mismatch" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_probe_interval_may_jitter_but_not_change() -> None:
+    base, cur = unlike()
+    base.meta.probe_interval_ms, cur.meta.probe_interval_ms = 0.9, 0.93
+    assert not compare(base, cur, 0.1).regressed
+    cur.meta.probe_interval_ms = 1.0
+    with pytest.raises(NotComparable, match=r"probe interval 0\.9 ms vs 1 ms"):
+        compare(base, cur, 0.1)
+
+
+def test_allow_mismatch_compares_and_says_what_differs() -> None:
+    base, cur = unlike(accel="tcg")
+    result = compare(base, cur, 0.1, allow_mismatch=True)
+    assert result.differences == ["accelerator kvm vs tcg"]
+    assert "note: compared despite different accelerator kvm vs tcg (--allow-mismatch)" \
+        in result.lines
+    assert not result.regressed
+
+
+def test_a_verdict_on_min_max_intervals_says_so() -> None:
+    """Three runs: the bootstrap interval of the median cannot be narrower than the data."""
+    regressed, why = verdict([30.0, 31.0, 32.0], base=[20.0, 21.0, 22.0])
+    assert regressed
+    assert "(n=3 vs 3: an interval is just [min, max])" in why
+    assert why.splitlines()[-1].startswith("note: 2 of 2 verdicts rest on intervals that are "
+                                           "just [min, max]")
+    _, firm = verdict([30.0, 31.0, 29.0, 30.5, 30.0, 31.5, 29.5])
+    assert "just [min, max]" not in firm

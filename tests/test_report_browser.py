@@ -11,11 +11,16 @@ from pathlib import Path
 import pytest
 
 from harness.record import RunRecord
-from harness.report import COLOURS, build_report, write_report
+from harness.report import build_report, write_report
+from harness.report_render import COLOURS
+from harness.vocabulary import Mode
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="/usr/bin/chromium absent (apt-get install chromium)")
+
+
+BASES: tuple[tuple[Mode, float], ...] = (("new-tap", 80.0), ("local", 30.0))
 
 
 @pytest.fixture
@@ -24,7 +29,7 @@ def report_html(tmp_path: Path) -> Path:
         RunRecord(mode=mode, qemu="/opt/a/qemu-system-x86_64", qemu_version="9.0.0",
                   accel="kvm", guest="debian-12", host_kernel="6.1.0", iteration=i,
                   blackout_ms=base + i % 3, downtime_ms=base / 2 + i % 2)
-        for mode, base in (("new-tap", 80.0), ("local", 30.0)) for i in range(1, 7)]
+        for mode, base in BASES for i in range(1, 7)]
     return write_report(build_report(records, {}, partial=False), tmp_path / "out")["html"]
 
 

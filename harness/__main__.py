@@ -1,0 +1,7 @@
+"""`python -m harness` is the `tapmig` command, for environments without its script."""
+
+import sys
+
+from harness.cli import main
+
+sys.exit(main())

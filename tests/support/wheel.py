@@ -1,0 +1,87 @@
+"""tapmig as a user gets it: this checkout's wheel, built once per session and installed
+into a fresh venv outside the clone, so that a test sees what `pip install tapmig` gives
+and nothing of the clone (no PYTHONPATH, run from `/`).
+
+The wheel is built from a copy of the tree, so the build leaves no `build/` or
+`*.egg-info` in the clone (a stale `build/lib` would even leak removed modules into a
+later wheel). Dependencies come from PyPI, or pip's cache when it has them.
+
+The fixture `tapmig_installed` is registered for the whole suite by the root
+conftest.py (`pytest_plugins`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+
+# What a source checkout has that a wheel must not be built from.
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
+                                    ".mypy_cache", ".ruff_cache", ".pytest_cache", "out",
+                                    ".tapmig-cache", ".baseline")
+PIP_TIMEOUT = 600  # a cold pip cache downloads setuptools and the dependencies
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The wheel and the venv it is installed in (with pytest, for plugin users)."""
+
+    wheel: Path
+    venv: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """This environment without any route back to the clone, the venv first on PATH."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        return {**env, "PATH": f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",
+                **(extra or {})}
+
+    def run(self, program: str, *args: str, cwd: Path = Path("/"), timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """A program of the venv (`tapmig`, `python`, `pytest`), run from `cwd`."""
+        return subprocess.run([str(self.venv / "bin" / program), *args], cwd=cwd,
+                              env=self.env(env), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+
+def _pip(python: Path | str, *args: str) -> None:
+    done = subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args],
+                          capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False)
+    assert done.returncode == 0, f"pip {' '.join(args)} failed:\n{done.stderr[-3000:]}"
+
+
+def build_wheel(work: Path) -> Path:
+    """The wheel of the tree as it is now, uncommitted changes included."""
+    tree, dist = work / "src", work / "dist"
+    shutil.copytree(REPO, tree, symlinks=True, ignore=NOT_SOURCE)
+    _pip(sys.executable, "wheel", "--no-deps", "-q", "-w", str(dist), str(tree))
+    [wheel] = dist.glob("tapmig-*.whl")
+    shutil.rmtree(tree)
+    return wheel
+
+
+def install(wheel: Path, venv: Path, *extra: str) -> Installed:
+    """A fresh venv with the wheel (and `extra` requirements) installed."""
+    done = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    _pip(venv / "bin" / "python", "install", "-q", str(wheel), *extra)
+    return Installed(wheel, venv)
+
+
+@pytest.fixture(scope="session")
+def tapmig_installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """Built and installed once per session; every user of it only reads."""
+    work = tmp_path_factory.mktemp("wheel")
+    return install(build_wheel(work), work / "venv", "pytest")
