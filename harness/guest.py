@@ -8,6 +8,9 @@ and a kernel booted directly (Fedora's pxeboot files, or the user's own).
 The embedded kernel is resolved through apt at build time (``linux-image-amd64``
 points at the current ABI), and the result is cached under a key made of every
 input, so a kernel security update produces a new guest instead of a stale one.
+The initramfs also carries tapmig-guest (harness/guest_helper.c, compiled static
+here): the UDP echo of the multi-flow probe and the per-queue counters, which
+busybox lacks.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from typing import Any
 
 from harness.assets import GuestSpec, Manifest, cache_dir, fetch
 from harness.cache import default_cache
-from harness.errors import TapmigError
+from harness.errors import HostError, TapmigError
 from harness.vm import VM
 
-RECIPE = "tapmig-guest/2"
+RECIPE = "tapmig-guest/3"
 KERNEL_META = "linux-image-amd64"
 BUSYBOX_PKG = "busybox-static"
+HELPER_SOURCE = Path(__file__).with_name("guest_helper.c")
+HELPER = "tapmig-guest"  # its name on the guest's PATH
 # virtio_pci finds the NIC, virtio_net drives it; their dependencies come from modules.dep.
 MODULES = ("virtio_pci", "virtio_net")
 READY = "TAPMIG-GUEST-READY"
@@ -143,7 +148,7 @@ def _apt_candidate(pkg: str) -> str:
             version = line.split(":", 1)[1].strip()
             if version and version != "(none)":
                 return version
-    raise TapmigError(f"apt knows no candidate for {pkg}; run 'apt-get update' and retry")
+    raise HostError(f"apt knows no candidate for {pkg}; run 'apt-get update' and retry")
 
 
 def _kernel_package() -> str:
@@ -152,19 +157,27 @@ def _kernel_package() -> str:
         parts = line.split()
         if len(parts) == 2 and parts[0] == "Depends:" and parts[1].startswith("linux-image-"):
             return parts[1]
-    raise TapmigError(f"cannot resolve {KERNEL_META}; run 'apt-get update' and retry")
+    raise HostError(f"cannot resolve {KERNEL_META}; run 'apt-get update' and retry")
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> str:
     try:
         res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
     except FileNotFoundError as exc:
-        raise TapmigError(f"{argv[0]} not found; the embedded guest is built with apt on "
+        raise HostError(f"{argv[0]} not found; the embedded guest is built with apt on "
                           "Debian (install apt, dpkg and kmod)") from exc
     if res.returncode != 0:
         msg = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise TapmigError(f"{' '.join(argv)} failed: {msg[0]}")
     return res.stdout
+
+
+def _compiler() -> str:
+    """The C compiler's identity, for the cache key: tapmig-guest is built with it."""
+    if shutil.which("gcc") is None:
+        raise HostError("gcc not found; the embedded guest's tapmig-guest helper is compiled "
+                        "static at build time (apt-get install gcc libc6-dev)")
+    return _run(["gcc", "--version"]).splitlines()[0]
 
 
 def module_order(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
@@ -189,7 +202,7 @@ def module_order(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
 
     for name in wanted:
         if name not in by_name:
-            raise TapmigError(f"kernel has no module {name}; is it built in? "
+            raise HostError(f"kernel has no module {name}; is it built in? "
                               "check the kernel package")
         visit(by_name[name])
     return order
@@ -210,11 +223,13 @@ def cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def _initramfs(busybox: bytes, root: Path, release: str, modules: list[str]) -> bytes:
+def _initramfs(busybox: bytes, helper: bytes, root: Path, release: str,
+               modules: list[str]) -> bytes:
     dirs = ["bin", "dev", "etc", "proc", "sys", "lib", "lib/modules"]
     entries: list[tuple[str, int, bytes]] = [(d, stat.S_IFDIR | 0o755, b"") for d in dirs]
     entries.append(("dev/console", stat.S_IFCHR | 0o600, b""))
     entries.append(("bin/busybox", stat.S_IFREG | 0o755, busybox))
+    entries.append((f"bin/{HELPER}", stat.S_IFREG | 0o755, helper))
     entries.append(("init", stat.S_IFREG | 0o755, INIT.encode()))
     names = []
     for path in modules:
@@ -236,6 +251,8 @@ def build_embedded(cache: Path | None = None, log: Callable[[str], None] = print
         "busybox": f"{BUSYBOX_PKG}={_apt_candidate(BUSYBOX_PKG)}",
         "modules": list(MODULES),
         "init": INIT,
+        "helper": hashlib.sha256(HELPER_SOURCE.read_bytes()).hexdigest(),
+        "cc": _compiler(),
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     out = cache / "guest" / key
@@ -267,10 +284,13 @@ def _assemble(inputs: dict[str, Any], kpkg: str, key: str, out: Path,
         modules = module_order((root / "lib/modules" / release / "modules.dep").read_text(),
                                MODULES)
         busybox = (root / "bin/busybox").read_bytes()
+        _run(["gcc", "-static", "-O2", "-s", "-Wall", "-o", str(tmp / HELPER),
+              str(HELPER_SOURCE)])
+        helper = (tmp / HELPER).read_bytes()
         stage = tmp / "stage"
         stage.mkdir()
         shutil.copyfile(root / "boot" / f"vmlinuz-{release}", stage / "vmlinuz")
-        (stage / "initrd.gz").write_bytes(_initramfs(busybox, root, release, modules))
+        (stage / "initrd.gz").write_bytes(_initramfs(busybox, helper, root, release, modules))
         (stage / "inputs.json").write_text(json.dumps({**inputs, "insmod": modules}, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         stage.rename(out)

@@ -11,27 +11,40 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from harness.errors import TapmigError
+from harness import atomic
+from harness.errors import TapmigError, Unsupported, UsageError
+from harness.vocabulary import (
+    MODES,
+    STATUSES,
+    Accel,
+    Interface,
+    Mode,
+    Prober,
+    Status,
+    TcpPattern,
+)
 
 SCHEMA = "tapmig.run/1"
-MODES = ("new-tap", "local")
-STATUSES = ("ok", "failed", "unsupported")
 
 
 @dataclass
 class RunRecord:
     """One run. The four numbers are None when the run did not get that far."""
 
-    mode: str
+    mode: Mode
     qemu: str
     qemu_version: str
-    accel: str
+    accel: Accel
     guest: str
     vhost: bool = False
     queues: int = 4
-    probe: str = "tapmig"
-    status: str = "ok"
+    prober: Prober = "tapmig"
+    status: Status = "ok"
     error: str | None = None
+    # What failed, as the error's class and attributes (side, status, check ...), so
+    # that tests and tools never parse the message.
+    failure: dict[str, Any] | None = None
+    interface: Interface = "none"  # which interface of the series the QEMU speaks
     # The four numbers.
     blackout_ms: float | None = None
     lost: int | None = None
@@ -47,6 +60,28 @@ class RunRecord:
     epsilon_ms: float | None = None  # the slack the outage was checked against
     stop_ts: float | None = None
     resume_ts: float | None = None
+    # When each ICMP request that never got a reply was sent, in ms from STOP.
+    lost_sent_ms: list[float] = field(default_factory=list)
+    # Traffic beyond ICMP (harness.traffic); blackout_ms stays the ICMP figure.
+    vcpus: int = 1  # with vcpus >= queues, every queue pair is live in the guest
+    flows: int = 0  # K UDP flows on distinct ports; 0: not run
+    flow_blackout_ms: float | None = None  # the worst flow's blackout
+    flow_blackout_min_ms: float | None = None  # the best flow's
+    flow_spread_ms: float | None = None  # worst - best
+    flow_lost: int | None = None  # requests of all flows never answered
+    flow_late: int | None = None
+    flow_detail: list[dict[str, Any]] = field(default_factory=list)  # one per flow
+    queues_live: int | None = None  # queue pairs the guest's driver uses
+    # Packets per queue pair as the guest counted them: "before" on the source over
+    # the settle time, "after" on the target while fresh flows ran.
+    queue_packets: dict[str, Any] = field(default_factory=dict)
+    queues_all_carried: bool | None = None  # every live queue pair, both ways, on the target
+    tcp: TcpPattern = "off"  # the TCP connection's pattern; "off": not run
+    # The longest wait for progress, with data outstanding, overlapping [STOP, RESUME + eps].
+    tcp_stall_ms: float | None = None
+    tcp_retrans: int | None = None  # TCP_INFO total_retrans of the host's end
+    tcp_rto: bool | None = None  # whether a retransmission timeout fired
+    tcp_detail: dict[str, Any] = field(default_factory=dict)
     # Context.
     accel_reason: str = ""
     host_kernel: str = ""
@@ -54,9 +89,24 @@ class RunRecord:
     duration_s: float | None = None
     iteration: int | None = None
     boot_s: float | None = None
+    # A chained campaign (harness.chain): the chain, the hop in it (1 = the first
+    # migration after the one boot), the shard ("i/n") that ran it, and what the
+    # serving QEMU, the namespace and tapmig held after the hop (harness.footprint).
+    chain: str | None = None
+    hop: int | None = None
+    shard: str | None = None
+    cpu_model: str = ""
+    footprint: dict[str, Any] | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # seconds, per phase of a hop
     # Evidence behind the verdict, e.g. tap0's ifindex and counters in local mode.
     checks: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+
+    def fail(self, exc: TapmigError) -> None:
+        self.status = "unsupported" if isinstance(exc, Unsupported) else "failed"
+        self.error = str(exc)
+        attrs = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float))}
+        self.failure = {"kind": type(exc).__name__, **attrs}
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **asdict(self)}
@@ -64,26 +114,26 @@ class RunRecord:
     @classmethod
     def from_json(cls, data: object, source: str = "record") -> RunRecord:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise TapmigError(f"{source}: not a tapmig run record (expected schema {SCHEMA!r})")
+            raise UsageError(f"{source}: not a tapmig run record (expected schema {SCHEMA!r})")
         known = {f.name for f in fields(cls)}
+        if "probe" in data and "prober" not in data:  # records written before the rename
+            data = {**data, "prober": data["probe"]}
         try:
             rec = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
-            raise TapmigError(f"{source}: incomplete tapmig run record: {exc}") from exc
+            raise UsageError(f"{source}: incomplete tapmig run record: {exc}") from exc
         if rec.mode not in MODES or rec.status not in STATUSES:
-            raise TapmigError(f"{source}: unknown mode {rec.mode!r} or status {rec.status!r}")
+            raise UsageError(f"{source}: unknown mode {rec.mode!r} or status {rec.status!r}")
         return rec
 
     def write(self, path: Path) -> None:
         """Write atomically, so an interrupted run never leaves half a record."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+        atomic.write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> RunRecord:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise TapmigError(f"{path}: cannot read run record: {exc}") from exc
+            raise UsageError(f"{path}: cannot read run record: {exc}") from exc
         return cls.from_json(data, str(path))

@@ -29,9 +29,20 @@ import pytest
 
 from harness.assets import Manifest, load_manifest, parse_guest
 from harness.cache import default_cache
-from harness.errors import TapmigError
-from harness.guest import NET_OK, READY, Guest, cpio_newc, resolve
-from harness.scenario import Config, run
+from harness.config import Config
+from harness.errors import HostError, TapmigError
+from harness.guest import (
+    HELPER,
+    HELPER_SOURCE,
+    NET_OK,
+    READY,
+    Guest,
+    build_embedded,
+    cpio_newc,
+    resolve,
+)
+from harness.scenario import run
+from harness.vocabulary import AccelChoice
 
 QEMU = shutil.which("qemu-system-x86_64")
 CLONE = Path(__file__).resolve().parent.parent
@@ -106,11 +117,12 @@ def _build_standin(guest: Guest, out: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def standin(guest: Guest) -> Standin:
+def standin(tapmig_guest: Guest) -> Standin:
     """Built once per set of inputs into the tapmig cache; a build takes about a second."""
     missing = [t for t in ("grub-mkrescue", "xorriso") if shutil.which(t) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} missing: run ci/setup (grub-pc-bin, xorriso)")
+    guest = tapmig_guest
     assert guest.kernel is not None and guest.initrd is not None
     version = subprocess.run(["grub-mkrescue", "--version"], capture_output=True, text=True,
                              check=True).stdout
@@ -132,7 +144,7 @@ def standin(guest: Guest) -> Standin:
                    load_manifest(root / "assets.toml"))
 
 
-def migrate(guest: Guest, accel: str, out: Path) -> str:
+def migrate(guest: Guest, accel: AccelChoice, out: Path) -> str:
     """One real new-TAP migration on the system QEMU; returns the source console log."""
     if QEMU is None:
         pytest.skip("qemu-system-x86_64 is not installed")
@@ -152,27 +164,66 @@ def migrate(guest: Guest, accel: str, out: Path) -> str:
 
 
 @pytest.mark.kvm
-@pytest.mark.usefixtures("root_with_tun")
-def test_iso_guest_migrates(standin: Standin, accel_choice: str, tmp_path: Path,
+@pytest.mark.usefixtures("tapmig_root_with_tun")
+def test_iso_guest_migrates(standin: Standin, tapmig_accel: AccelChoice, tmp_path: Path,
                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAPMIG_OFFLINE", "1")  # served by the verified cache, or not at all
     spec = parse_guest("standin", standin.manifest)
     guest = resolve(spec, standin.manifest, standin.root)
     assert guest.iso == standin.root / "assets/standin-iso/standin.iso"
     assert guest.kernel is None and guest.console_login
-    console = migrate(guest, accel_choice, tmp_path)
+    console = migrate(guest, tapmig_accel, tmp_path)
     assert "tapmig stand-in" in console  # GRUB from the CD-ROM booted it, not -kernel
 
 
 @pytest.mark.kvm
-@pytest.mark.usefixtures("root_with_tun")
-def test_kernel_guest_migrates(standin: Standin, accel_choice: str, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tapmig_root_with_tun")
+def test_kernel_guest_migrates(standin: Standin, tapmig_accel: AccelChoice,
+                               tmp_path: Path) -> None:
     manifest = load_manifest()
     spec = parse_guest(f"kernel:{standin.kernel},initrd:{standin.initrd}", manifest)
     guest = resolve(spec, manifest, tmp_path / "unused-cache")
     assert (guest.kernel, guest.initrd, guest.iso) == (standin.kernel, standin.initrd, None)
     assert guest.console_login and not (tmp_path / "unused-cache").exists()
-    migrate(guest, accel_choice, tmp_path)
+    migrate(guest, tapmig_accel, tmp_path)
+
+
+# --- the embedded guest's traffic helper ---------------------------------------------------
+
+
+def cpio_modes(archive: bytes) -> dict[str, int]:
+    """name -> mode of each entry of a newc archive (the format cpio_newc writes)."""
+    modes, pos = {}, 0
+    while archive[pos:pos + 6] == b"070701":
+        fields = [int(archive[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name = archive[pos + 110:pos + 110 + namesize - 1].decode()
+        pos += 110 + namesize + (-(110 + namesize) % 4)
+        pos += size + (-size % 4)
+        modes[name] = mode
+    return modes
+
+
+def test_embedded_guest_carries_the_helper_built_from_its_source(tapmig_guest: Guest) -> None:
+    assert tapmig_guest.initrd is not None
+    modes = cpio_modes(gzip.decompress(tapmig_guest.initrd.read_bytes()))
+    mode = modes[f"bin/{HELPER}"]
+    assert stat.S_ISREG(mode) and mode & 0o111
+    inputs = json.loads((tapmig_guest.initrd.parent / "inputs.json").read_text())
+    assert inputs["helper"] == _sha256(HELPER_SOURCE.read_bytes())  # a change rebuilds it
+    assert inputs["cc"].startswith("gcc")
+
+
+def test_building_without_gcc_is_one_line_saying_what_to_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    apt_cache = shutil.which("apt-cache")
+    if apt_cache is None:
+        pytest.skip("apt-cache is missing: the embedded guest is built on Debian")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "apt-cache").symlink_to(apt_cache)  # apt, but no compiler
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(HostError, match=r"^gcc not found; .* \(apt-get install gcc libc6-dev\)$"):
+        build_embedded(tmp_path / "cache")
 
 
 # --- boot arguments and resolution, without QEMU ------------------------------------------
@@ -242,7 +293,7 @@ def test_unknown_guest_lists_the_known_ones(command: list[str], tmp_path: Path) 
     assert not out.exists()  # refused before anything was made
 
 
-@pytest.mark.usefixtures("root_with_tun")
+@pytest.mark.usefixtures("tapmig_root_with_tun")
 def test_run_with_an_uncached_asset_offline_fails_fast(tmp_path: Path) -> None:
     if QEMU is None:
         pytest.skip("qemu-system-x86_64 is not installed")
