@@ -9,8 +9,10 @@ so an interrupted session still yields a partial report of everything finished.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import platform
+import re
 import statistics
 import string
 import sys
@@ -21,14 +23,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import accel, scenario
+from harness import accel, chain_report, scenario
 from harness.cache import default_cache
-from harness.errors import TapmigError
+from harness.capabilities import query_capabilities, resolve_qemu
+from harness.config import Config
+from harness.errors import Unsupported, UsageError
 from harness.guest import Guest, build_embedded
-from harness.probe import probe, resolve_qemu
-from harness.record import MODES, RunRecord
-from harness.report import Report, build_report, write_report
-from harness.scenario import Config
+from harness.host import check_host
+from harness.record import RunRecord
+from harness.report import Report, build_report, cpu_model, write_report
+from harness.shards import WHOLE, Shard, check_shard, merge, parse_shard, write_manifest
+from harness.vocabulary import MODES, AccelChoice, Mode, TcpPattern, as_mode
 
 Runner = Callable[[Config], RunRecord]
 Log = Callable[[str], None]
@@ -73,45 +78,120 @@ def write_record(rec: RunRecord, directory: Path) -> Path:
 
 @dataclass(frozen=True)
 class Plan:
-    """What to run; `builds` maps a short label (A, B, ...) to a resolved QEMU path."""
+    """What to run; `builds` maps a short label (A, B, ...) to a resolved QEMU path.
+
+    With `hops`, each iteration is one chain of that many migrations after one boot
+    (harness.chain); `iterations` None then means "until `duration_s` is up". A shard
+    takes only its own iterations (harness.shards).
+    """
 
     builds: dict[str, str]
-    modes: tuple[str, ...]
-    iterations: int
+    modes: tuple[Mode, ...]
+    iterations: int | None
     out: Path
-    accel: str = "auto"
+    accel: AccelChoice = "auto"
     queues: int = 4
     cache: Path = field(default_factory=default_cache)
     guest: Guest | None = None
+    shard: Shard = WHOLE
+    hops: int | None = None
+    duration_s: float | None = None
+    epsilon_ms: float | None = None  # None: the accelerator's (see harness.config)
+    vcpus: int = 1  # traffic (harness.traffic): vCPUs, UDP flows, the TCP pattern
+    flows: int = 8
+    tcp: TcpPattern = "sparse"
+
+    def iteration_numbers(self) -> Iterator[int]:
+        its = itertools.count(1) if self.iterations is None else range(1, self.iterations + 1)
+        return (i for i in its if self.shard.takes(i))
 
     @property
-    def total(self) -> int:
-        return len(self.builds) * len(self.modes) * self.iterations
+    def total(self) -> int | None:
+        """Runs (or chains) this shard does; None when only the clock ends them."""
+        if self.iterations is None:
+            return None
+        return len(self.builds) * len(self.modes) * sum(1 for _ in self.iteration_numbers())
 
-    def order(self) -> Iterator[tuple[int, str, str]]:
+    def left_after(self, i: int) -> int:
+        """This shard's iterations after i: what skipping a combination saves."""
+        assert self.iterations is not None
+        return sum(1 for j in self.iteration_numbers() if j > i)
+
+    def order(self) -> Iterator[tuple[int, Mode, str]]:
         """(iteration, mode, build label), interleaved so drift hits every combination alike."""
-        for i in range(1, self.iterations + 1):
+        for i in self.iteration_numbers():
             for mode in self.modes:
                 for label in self.builds:
                     yield i, mode, label
 
+    def manifest(self) -> dict[str, object]:
+        """The plan as shards of one campaign share it: everything but --shard and paths."""
+        return {"builds": list(self.builds), "modes": list(self.modes), "queues": self.queues,
+                "iterations": self.iterations, "hops": self.hops, "duration_s": self.duration_s,
+                "accel": self.accel, "epsilon_ms": self.epsilon_ms, "shards": self.shard.count,
+                "vcpus": self.vcpus, "flows": self.flows, "tcp": self.tcp}
 
-def parse_modes(values: Sequence[str]) -> tuple[str, ...]:
+
+def parse_modes(values: Sequence[str]) -> tuple[Mode, ...]:
     """`--mode new-tap,local` and repeated `--mode` both work; order is kept, repeats dropped."""
-    modes = tuple(dict.fromkeys(m.strip() for v in values for m in v.split(",") if m.strip()))
-    if not modes:
-        raise TapmigError(f"no mode given; use --mode with one or more of {', '.join(MODES)}")
-    for mode in modes:
-        if mode not in MODES:
-            raise TapmigError(f"unknown mode {mode!r}; use one or more of {', '.join(MODES)}, "
-                              "comma-separated")
-    return modes
+    words = dict.fromkeys(m.strip() for v in values for m in v.split(",") if m.strip())
+    if not words:
+        raise UsageError(f"no mode given; use --mode with one or more of {', '.join(MODES)}")
+    return tuple(as_mode(w) for w in words)
 
 
 def check_iterations(n: int) -> int:
     if n < 1:
-        raise TapmigError(f"--iterations {n}: give at least 1 run per combination")
+        raise UsageError(f"--iterations {n}: give at least 1 run per combination")
     return n
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '2h' or plain seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"--duration {text!r}: give a positive time like 90s, 30m or 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How many runs or chains: the options that decide it, checked together."""
+
+    iterations: int | None
+    hops: int | None = None
+    duration_s: float | None = None
+    shard: Shard = WHOLE
+
+
+def shape(iterations: int | None, chain: int | None = None, duration: str | None = None,
+          shard: str | None = None) -> Shape:
+    """--iterations (runs, or chains per combination), --chain, --duration and --shard."""
+    if duration is not None and chain is None:
+        raise UsageError("--duration keeps chaining: give it with --chain N (hops per chain)")
+    if chain is not None and chain < 1:
+        raise UsageError(f"--chain {chain}: give at least 1 hop per chain")
+    if iterations is None and chain is None:
+        raise UsageError("give --iterations N (runs per build and mode), or --chain N")
+    if iterations is not None:
+        check_iterations(iterations)
+    elif duration is None:
+        iterations = 1  # one chain per combination
+    part = WHOLE if shard is None else parse_shard(shard)
+    check_shard(part, iterations)
+    return Shape(iterations, chain, None if duration is None else parse_duration(duration),
+                 part)
+
+
+def describe(plan: Plan) -> str:
+    """The one line that says how much work this is, before it starts."""
+    size = f"{len(plan.modes)} modes x {len(plan.builds)} builds"
+    where = "" if plan.shard == WHOLE else f", shard {plan.shard}"
+    if plan.hops is None:
+        return f"{plan.total} runs: {plan.iterations} iterations x {size}, interleaved{where}"
+    chains = "chains until the time is up" if plan.total is None else f"{plan.total} chains"
+    limit = "" if plan.duration_s is None else f", for at most {duration_text(plan.duration_s)}"
+    return f"{chains} of {plan.hops} hops ({size}, interleaved{where}{limit})"
 
 
 def prepare_out(out: Path) -> None:
@@ -124,13 +204,13 @@ def prepare_out(out: Path) -> None:
             d = out / sub
             d.mkdir(parents=True, exist_ok=True)
             if any(d.iterdir()):
-                raise TapmigError(f"{out} already holds an earlier measurement ({d} is not "
+                raise UsageError(f"{out} already holds an earlier measurement ({d} is not "
                                   "empty); pass a new --out directory")
         probe_file = out / f".tapmig-probe-{uuid.uuid4().hex}"
         probe_file.write_text("probe\n")
         probe_file.unlink()
     except OSError as exc:
-        raise TapmigError(f"output directory {out} is not writable: {exc.strerror or exc}; "
+        raise UsageError(f"output directory {out} is not writable: {exc.strerror or exc}; "
                           "pass a writable --out directory") from exc
 
 
@@ -139,7 +219,7 @@ def resolve_builds(qemus: Sequence[str]) -> dict[str, str]:
     paths = [resolve_qemu(q) for q in qemus]
     for path in paths:
         if paths.count(path) > 1:
-            raise TapmigError(f"--qemu {path} is given twice; each build once, please")
+            raise UsageError(f"--qemu {path} is given twice; each build once, please")
     labels = [string.ascii_uppercase[k] if k < 26 else str(k + 1) for k in range(len(paths))]
     return dict(zip(labels, paths, strict=True))
 
@@ -151,13 +231,14 @@ def preflight(plan: Plan, log: Log) -> Plan:
     --queues or `--accel kvm` without KVM fails here in one line instead of in
     every run; a variant a build lacks is left to its first run to record.
     """
-    scenario.check_host()
+    check_host()
     guest = plan.guest or build_embedded(plan.cache, log)
     for label, qemu in plan.builds.items():
-        caps = probe(qemu)
+        caps = query_capabilities(qemu)
         for mode in plan.modes:
-            with contextlib.suppress(scenario.Unsupported):
-                scenario.check_variant(Config(qemu, mode, queues=plan.queues), caps)
+            with contextlib.suppress(Unsupported):
+                scenario.check_variant(Config(qemu, mode, queues=plan.queues, vcpus=plan.vcpus,
+                                              flows=plan.flows), caps)
         name, reason = accel.choose(plan.accel, qemu, guest, plan.cache, log)
         log(f"{label} = {qemu} (QEMU {caps.version}); {name}: {reason}")
     return replace(plan, guest=guest)
@@ -171,14 +252,14 @@ def run_logged(cfg: Config) -> RunRecord:
         return scenario.run(cfg, log=lambda msg: print(msg, file=f, flush=True))
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     s = round(seconds)
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def _result(rec: RunRecord) -> str:
+def result_text(rec: RunRecord) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f} ms"
 
@@ -196,13 +277,49 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted, 1 any run failed, 2 nothing could run at all, else 0."""
+        """130 interrupted, 1 any run failed or a chain leaked, 2 nothing could run at all."""
         statuses = {r.status for r in self.records}
         if self.interrupted:
             return 130
-        if "failed" in statuses:
+        if "failed" in statuses or chain_report.leaks(self.report.chains):
             return 1
         return 2 if statuses == {"unsupported"} else 0
+
+
+def begin(plan: Plan) -> str:
+    """The shard's manifest, so `tapmig report` can tell shards of one campaign; the start."""
+    write_manifest(plan.out, plan.shard, plan.manifest())
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def keep(rec: RunRecord, plan: Plan, iteration: int, run_dir: str) -> None:
+    """Stamp a finished record with where it ran, and put it on disk at once."""
+    rec.iteration = iteration
+    rec.shard = None if plan.shard == WHOLE else str(plan.shard)
+    rec.cpu_model = rec.cpu_model or cpu_model()
+    rec.artifacts = {k: f"runs/{run_dir}/{v}" for k, v in rec.artifacts.items()}
+    write_record(rec, plan.out / "records")
+
+
+def merge_report(dirs: list[Path], out: Path, allow_mismatch: bool) -> Outcome:
+    """`tapmig report`: the records of several measure directories (shards), one report."""
+    records, notes = merge(dirs, allow_mismatch)
+    partial = any(n.startswith("shards missing") for n in notes)
+    cpus = ", ".join(sorted({r.cpu_model for r in records if r.cpu_model}))
+    rep = build_report(records, {"cpu_model": cpus} if cpus else {}, partial, notes)
+    return Outcome(records, rep, write_report(rep, out), interrupted=False)
+
+
+def finish(plan: Plan, records: list[RunRecord], started: str, interrupted: bool) -> Outcome:
+    meta = {"host_kernel": platform.release(), "date": started, "accel": plan.accel}
+    rep = build_report(records, meta, partial=interrupted)
+    return Outcome(records, rep, write_report(rep, plan.out), interrupted)
+
+
+def config(plan: Plan, mode: Mode, label: str, name: str) -> Config:
+    return Config(qemu=plan.builds[label], mode=mode, accel=plan.accel, queues=plan.queues,
+                  out=plan.out / "runs" / name, cache=plan.cache, guest=plan.guest,
+                  epsilon_ms=plan.epsilon_ms, vcpus=plan.vcpus, flows=plan.flows, tcp=plan.tcp)
 
 
 def measure(plan: Plan, runner: Runner = run_logged, log: Log = stderr_log) -> Outcome:
@@ -211,39 +328,32 @@ def measure(plan: Plan, runner: Runner = run_logged, log: Log = stderr_log) -> O
     A combination the build cannot run is reported once and its later
     iterations skipped; failed runs are kept, counted and do not stop the rest.
     """
+    assert plan.iterations is not None and plan.total is not None, "chains: measure_chains"
     records: list[RunRecord] = []
     skipped: set[tuple[str, str]] = set()
     total, busy = plan.total, []
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    width = len(str(plan.iterations))
+    started = begin(plan)
     interrupted = False
     try:
         for i, mode, label in plan.order():
             if (label, mode) in skipped:
                 continue
-            name = f"{i:0{width}d}-{mode}-{label}"
-            cfg = Config(qemu=plan.builds[label], mode=mode, accel=plan.accel,
-                         queues=plan.queues, out=plan.out / "runs" / name, cache=plan.cache,
-                         guest=plan.guest)
+            name = f"{i:0{len(str(plan.iterations))}d}-{mode}-{label}"
             t0 = time.monotonic()
-            rec = runner(cfg)
-            rec.iteration = i
-            rec.artifacts = {k: f"runs/{name}/{v}" for k, v in rec.artifacts.items()}
-            write_record(rec, plan.out / "records")
+            rec = runner(config(plan, mode, label, name))
+            keep(rec, plan, i, name)
             records.append(rec)
             head = f"[{len(records)}/{total}] #{i} {label} {mode}:"
             if rec.status == "unsupported":
                 skipped.add((label, mode))
-                total -= plan.iterations - i
-                log(f"{head} not supported, skipping its {plan.iterations - i} remaining "
+                total -= plan.left_after(i)
+                log(f"{head} not supported, skipping its {plan.left_after(i)} remaining "
                     f"runs: {rec.error}")
                 continue
             busy.append(time.monotonic() - t0)
             eta = statistics.mean(busy) * (total - len(records))
-            log(f"{head} {_result(rec)} ({busy[-1]:.0f}s); ETA {_duration(eta)}")
+            log(f"{head} {result_text(rec)} ({busy[-1]:.0f}s); ETA {duration_text(eta)}")
     except KeyboardInterrupt:
         interrupted = True
         log(f"interrupted after {len(records)} of {total} runs; writing a partial report")
-    meta = {"host_kernel": platform.release(), "date": started, "accel": plan.accel}
-    rep = build_report(records, meta, partial=interrupted)
-    return Outcome(records, rep, write_report(rep, plan.out), interrupted)
+    return finish(plan, records, started, interrupted)

@@ -4,7 +4,6 @@ order, skip and interrupt logic with a stand-in runner, and one real measurement
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,30 +15,17 @@ from typing import Any
 
 import pytest
 
-from harness.errors import TapmigError
+from harness.config import Config
+from harness.errors import EXIT_USAGE, TapmigError
 from harness.measure import Plan, measure, parse_modes, prepare_out, write_record
 from harness.record import RunRecord
 from harness.report import build_report, load_report, write_report
-from harness.scenario import Config
+from harness.report_model import Combination, Report
+from harness.vocabulary import Mode
+from tests.support import REPO, one_line_error, run_tapmig
 
-REPO = Path(__file__).resolve().parent.parent
 SYSTEM_QEMU = Path("/usr/bin/qemu-system-x86_64")
 A, B = "/opt/a/qemu-system-x86_64", "/opt/b/qemu-system-x86_64"
-
-
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Exit 2 with a single 'tapmig: error:' line naming the problem, and no traceback."""
-    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tapmig: error: "), done.stderr
-    for needle in needles:
-        assert needle in lines[0]
-    return lines[0]
 
 
 # --- measure: bad input ------------------------------------------------------------------
@@ -53,43 +39,45 @@ def measure_args(out: Path, qemu: str = "/nonexistent/qemu-system-x86_64",
 
 @pytest.mark.parametrize("iterations", ["0", "-3"])
 def test_measure_refuses_too_few_iterations(tmp_path: Path, iterations: str) -> None:
-    one_line_error(cli(*measure_args(tmp_path / "o", iterations=iterations)),
-                   f"--iterations {iterations}")
+    one_line_error(run_tapmig(*measure_args(tmp_path / "o", iterations=iterations)),
+                   f"--iterations {iterations}", code=EXIT_USAGE)
     assert not (tmp_path / "o").exists()
 
 
 def test_measure_refuses_unknown_mode(tmp_path: Path) -> None:
-    one_line_error(cli(*measure_args(tmp_path / "o", mode="new-tap,lcoal")),
-                   "unknown mode 'lcoal'", "new-tap, local")
+    one_line_error(run_tapmig(*measure_args(tmp_path / "o", mode="new-tap,lcoal")),
+                   "unknown mode 'lcoal'", "new-tap, local", code=EXIT_USAGE)
 
 
 def test_measure_refuses_unwritable_out(tmp_path: Path) -> None:
     """A path under a regular file: unwritable even for root, where chmod would not stop us."""
     (tmp_path / "file").write_text("not a directory\n")
-    one_line_error(cli(*measure_args(tmp_path / "file" / "out")),
-                   f"{tmp_path / 'file' / 'out'} is not writable")
+    one_line_error(run_tapmig(*measure_args(tmp_path / "file" / "out")),
+                   f"{tmp_path / 'file' / 'out'} is not writable", code=EXIT_USAGE)
 
 
 def test_measure_refuses_an_earlier_measurements_dir(tmp_path: Path) -> None:
     """Mixing two sessions' records would make the report describe neither."""
     write_record(RunRecord(mode="local", qemu=A, qemu_version="9.0.0", accel="kvm", guest="g"),
                  tmp_path / "records")
-    one_line_error(cli(*measure_args(tmp_path)), "already holds an earlier measurement")
+    one_line_error(run_tapmig(*measure_args(tmp_path)), "already holds an earlier measurement",
+                   code=EXIT_USAGE)
 
 
 @pytest.mark.parametrize("binary, needle", [("/nonexistent/qemu-system-x86_64", "not found"),
                                             ("/bin/true", "is not a QEMU system emulator")])
 def test_measure_refuses_missing_or_foreign_qemu(tmp_path: Path, binary: str,
                                                  needle: str) -> None:
-    one_line_error(cli(*measure_args(tmp_path / "o", qemu=binary)), needle)
+    one_line_error(run_tapmig(*measure_args(tmp_path / "o", qemu=binary)), needle, code=EXIT_USAGE)
     assert not any((tmp_path / "o" / "records").iterdir())
 
 
 @pytest.mark.skipif(not SYSTEM_QEMU.exists(), reason=f"{SYSTEM_QEMU} absent")
 def test_measure_checks_every_qemu_before_any_run(tmp_path: Path) -> None:
     args = measure_args(tmp_path / "o", qemu=str(SYSTEM_QEMU))
-    one_line_error(cli(*args, "--qemu", "/nonexistent/qemu"), "'/nonexistent/qemu' not found")
-    one_line_error(cli(*args, "--qemu", str(SYSTEM_QEMU)), "given twice")
+    one_line_error(run_tapmig(*args, "--qemu", "/nonexistent/qemu"),
+                   "'/nonexistent/qemu' not found", code=EXIT_USAGE)
+    one_line_error(run_tapmig(*args, "--qemu", str(SYSTEM_QEMU)), "given twice", code=EXIT_USAGE)
     assert not any((tmp_path / "o" / "runs").iterdir())
 
 
@@ -108,7 +96,7 @@ def test_prepare_out_creates_the_layout(tmp_path: Path) -> None:
 # --- write_record ------------------------------------------------------------------------
 
 
-def record(mode: str = "new-tap", qemu: str = A, **kw: Any) -> RunRecord:
+def record(mode: Mode = "new-tap", qemu: str = A, **kw: Any) -> RunRecord:
     return RunRecord(mode=mode, qemu=qemu, qemu_version="9.0.0", accel="kvm", guest="g", **kw)
 
 
@@ -163,7 +151,7 @@ class Runner:
         return rec
 
 
-def plan(out: Path, iterations: int = 3, modes: tuple[str, ...] = ("new-tap", "local")) -> Plan:
+def plan(out: Path, iterations: int = 3, modes: tuple[Mode, ...] = ("new-tap", "local")) -> Plan:
     prepare_out(out)
     return Plan(builds={"A": A, "B": B}, modes=modes, iterations=iterations, out=out,
                 queues=2, cache=out / "cache")
@@ -179,9 +167,8 @@ def saved(out: Path) -> list[RunRecord]:
                   key=lambda r: r.started)
 
 
-def combo(report: dict[str, Any], mode: str, qemu: str) -> dict[str, Any]:
-    found: list[dict[str, Any]] = [
-        c for c in report["combinations"] if (c["mode"], c["qemu"]) == (mode, qemu)]
+def combo(report: Report, mode: str, qemu: str) -> Combination:
+    found = [c for c in report.combinations if (c.mode, c.qemu) == (mode, qemu)]
     assert len(found) == 1
     return found[0]
 
@@ -198,9 +185,9 @@ def test_runs_interleave_iteration_then_mode_then_build(tmp_path: Path) -> None:
     assert first == "runs/1-new-tap-A/ping.log" and (tmp_path / first).read_text() == "run 1\n"
     assert outcome.exit_code == 0 and not outcome.interrupted
     rep = load_report(tmp_path / "report.json")
-    assert not rep["partial"]
-    assert [c["runs"] for c in rep["combinations"]] == [3, 3, 3, 3]
-    assert combo(rep, "local", B)["metrics"]["blackout_ms"]["median"] == 80.0  # runs 4, 8, 12
+    assert not rep.partial
+    assert [c.runs for c in rep.combinations] == [3, 3, 3, 3]
+    assert combo(rep, "local", B).metrics["blackout_ms"].median == 80.0  # runs 4, 8, 12
     assert (tmp_path / "report.md").exists() and (tmp_path / "report.html").exists()
     assert re.fullmatch(r"\[1/12\] #1 A new-tap: blackout 10\.0 ms, QMP downtime 5\.0 ms "
                         r"\(\d+s\); ETA \d+s", lines[0]), lines[0]
@@ -218,7 +205,7 @@ def test_unsupported_combination_is_reported_once_and_skipped(tmp_path: Path) ->
     assert lines[-1].startswith("[10/10] ")  # the plan shrank by the two skipped runs
     assert outcome.exit_code == 0
     c = combo(outcome.report, "local", B)
-    assert (c["runs"], c["unsupported"]["count"]) == (1, 1)
+    assert (c.runs, c.unsupported.count) == (1, 1)
 
 
 def test_failed_runs_are_kept_counted_and_the_rest_still_run(tmp_path: Path) -> None:
@@ -227,7 +214,7 @@ def test_failed_runs_are_kept_counted_and_the_rest_still_run(tmp_path: Path) -> 
     assert len(runner.calls) == 4 and len(saved(tmp_path)) == 4
     assert lines[1].startswith("[2/4] #1 B new-tap: FAILED: the host could not ping the guest (")
     c = combo(outcome.report, "new-tap", B)
-    assert (c["runs"], c["ok"], c["failed"]["count"]) == (2, 1, 1)
+    assert (c.runs, c.ok, c.failed.count) == (2, 1, 1)
     assert outcome.exit_code == 1
 
 
@@ -244,8 +231,8 @@ def test_interrupt_writes_a_partial_report_of_the_finished_runs(tmp_path: Path) 
     assert lines[-1] == "interrupted after 2 of 12 runs; writing a partial report"
     assert [(r.qemu, r.mode) for r in saved(tmp_path)] == [(A, "new-tap"), (B, "new-tap")]
     rep = load_report(tmp_path / "report.json")
-    assert rep["partial"] is True
-    assert [(c["qemu"], c["mode"], c["runs"]) for c in rep["combinations"]] == [
+    assert rep.partial is True
+    assert [(c.qemu, c.mode, c.runs) for c in rep.combinations] == [
         (A, "new-tap", 1), (B, "new-tap", 1)]
     assert "PARTIAL" in (tmp_path / "report.md").read_text()
 
@@ -278,7 +265,7 @@ def test_sigterm_to_a_forked_helper_does_not_unwind_the_parent_stack() -> None:
 # --- compare -------------------------------------------------------------------------------
 
 
-def report_file(path: Path, blackouts: list[float], mode: str = "new-tap") -> Path:
+def report_file(path: Path, blackouts: list[float], mode: Mode = "new-tap") -> Path:
     """A report.json from fixed records, QMP downtime half the blackout."""
     recs = [record(mode, blackout_ms=b, downtime_ms=b / 2, iteration=i,
                    started=f"2024-06-01T10:{i:02d}:00+00:00")
@@ -292,7 +279,7 @@ BASELINE = [100.0, 101.0, 99.0, 100.0, 102.0, 98.0, 100.5]  # median 100
 def test_compare_flags_a_clear_regression(tmp_path: Path) -> None:
     base = report_file(tmp_path / "old", BASELINE)
     cur = report_file(tmp_path / "new", [150.0, 151.0, 149.0, 150.0, 152.0, 148.0, 150.5])
-    done = cli("compare", "--baseline", str(base), "--current", str(cur))
+    done = run_tapmig("compare", "--baseline", str(base), "--current", str(cur))
     assert done.returncode == 1, done.stderr
     assert "blackout: REGRESSED: median 100.0 -> 150.0 ms (+50.0%)" in done.stdout
     assert "QMP downtime: REGRESSED: median 50.0 -> 75.0 ms" in done.stdout
@@ -302,7 +289,8 @@ def test_compare_flags_a_clear_regression(tmp_path: Path) -> None:
 def test_compare_within_noise_passes(tmp_path: Path) -> None:
     base = report_file(tmp_path / "old", BASELINE)
     cur = report_file(tmp_path / "new", [103.0, 99.0, 101.0, 104.0, 100.0, 102.0, 98.5])
-    done = cli("compare", "--baseline", str(base), "--current", str(cur), "--threshold", "10%")
+    done = run_tapmig("compare", "--baseline", str(base), "--current", str(cur),
+                      "--threshold", "10%")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "blackout: ok: median 100.0 -> 101.0 ms (+1.0%), within threshold +10.0%" in done.stdout
     assert done.stdout.endswith("verdict: no regression\n")
@@ -338,9 +326,9 @@ def _mismatched(tmp: Path) -> tuple[Path, Path, str]:
 ], ids=["empty", "foreign", "threshold", "mismatched-modes"])
 def test_compare_bad_input(tmp_path: Path, make: CompareInput, needle: str) -> None:
     base, cur, threshold = make(tmp_path)
-    done = cli("compare", "--baseline", str(base), "--current", str(cur),
-               "--threshold", threshold)
-    one_line_error(done, needle)
+    done = run_tapmig("compare", "--baseline", str(base), "--current", str(cur),
+                      "--threshold", threshold)
+    one_line_error(done, needle, code=EXIT_USAGE)
     assert done.stdout == ""
 
 
@@ -350,20 +338,20 @@ def test_compare_bad_input(tmp_path: Path, make: CompareInput, needle: str) -> N
 @pytest.mark.kvm
 @pytest.mark.skipif(not SYSTEM_QEMU.exists(),
                     reason=f"{SYSTEM_QEMU} absent (apt-get install qemu-system-x86)")
-@pytest.mark.skipif(os.geteuid() != 0, reason="a real measurement needs root (namespaces, TAPs)")
+@pytest.mark.usefixtures("tapmig_root_with_tun")
 def test_measure_end_to_end(tmp_path: Path) -> None:
     """Two real new-TAP migrations on Debian's QEMU, through the command a user types."""
     out = tmp_path / "out"
     t0 = time.monotonic()
-    done = cli("measure", "--qemu", "qemu-system-x86_64", "--mode", "new-tap",
-               "--iterations", "2", "--out", str(out), timeout=600)
+    done = run_tapmig("measure", "--qemu", str(SYSTEM_QEMU), "--mode", "new-tap",
+                      "--iterations", "2", "--out", str(out), timeout=600)
     print(f"measure took {time.monotonic() - t0:.1f}s\n{done.stderr}{done.stdout}")
     assert done.returncode == 0, done.stderr
     rep = load_report(out / "report.json")
-    assert not rep["partial"]
-    [c] = rep["combinations"]
-    assert (c["mode"], c["runs"], c["ok"]) == ("new-tap", 2, 2)
-    assert c["metrics"]["blackout_ms"]["n"] == 2 and c["metrics"]["downtime_ms"]["n"] == 2
+    assert not rep.partial
+    [c] = rep.combinations
+    assert (c.mode, c.runs, c.ok) == ("new-tap", 2, 2)
+    assert c.metrics["blackout_ms"].n == 2 and c.metrics["downtime_ms"].n == 2
     assert (out / "report.md").exists() and (out / "report.html").exists()
     assert len(list((out / "records").glob("*-new-tap-*.json"))) == 2
     assert len(list((out / "runs").glob("*/ping.log"))) == 2

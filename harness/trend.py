@@ -1,0 +1,173 @@
+"""Leaks and drift along a chain: is a per-hop figure growing, and is that more than noise?
+
+The slope is Theil-Sen's (the median of all pairwise slopes), which a few slow TCG hops
+cannot drag; its 95% interval is Sen's, from the distribution of Kendall's S with the
+tie correction (Gilbert 1987, ch. 16), so it needs no resampling and the same hops
+always give the same answer. Counters (fds, queues, interfaces) must be flat: any
+sustained rise is a leak. Memory and downtime are noisy, so they are flagged only when
+the interval excludes zero and the fitted change is large enough to matter; memory is
+judged on the second half of the chain, after its warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from harness.record import RunRecord
+
+Z95 = 1.959963984540054
+MAX_POINTS = 2000  # above this the series is thinned evenly: 2M pairwise slopes, ~1 s
+MIN_TREND = 10  # fewer hops than this: a slope is reported, but said to rest on too little
+RSS_LEAK_KIB = 2048  # fitted growth over a chain's second half below this is allocator noise
+DRIFT_FRACTION = 0.10  # fitted downtime change over a chain, as a fraction of its median
+
+COUNTERS = ("qemu_fds", "qemu_tun_fds", "tap_queues_attached", "tap_queues_disabled",
+            "interfaces", "tapmig_fds")
+MEMORY = ("qemu_anon_kib", "tapmig_rss_kib")
+DRIFTS = ("blackout_ms", "downtime_ms")
+
+
+@dataclass(frozen=True)
+class Slope:
+    """Change per hop, with its 95% interval (None when n is too small to have one)."""
+
+    per_hop: float
+    ci: tuple[float, float] | None
+    n: int
+
+
+def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if len(points) <= MAX_POINTS:
+        return points
+    step = (len(points) - 1) / (MAX_POINTS - 1)
+    return [points[round(k * step)] for k in range(MAX_POINTS)]
+
+
+def _var_s(n: int, ys: Sequence[float]) -> float:
+    """Variance of Kendall's S under no trend, corrected for tied values."""
+    ties = sum(t * (t - 1) * (2 * t + 5) for t in Counter(ys).values() if t > 1)
+    return (n * (n - 1) * (2 * n + 5) - ties) / 18
+
+
+def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> Slope | None:
+    """None below two points; the interval is None where Sen's ranks fall off the ends."""
+    points = _thin(sorted(zip(xs, ys, strict=True)))
+    n = len(points)
+    if len({x for x, _ in points}) < 2:
+        return None
+    if len({y for _, y in points}) == 1:  # flat: every pairwise slope is zero
+        return Slope(0.0, (0.0, 0.0), n)
+    slopes = sorted((y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points)
+                    for x2, y2 in points[i + 1:] if x2 != x1)
+    c = Z95 * math.sqrt(_var_s(n, [y for _, y in points]))
+    lo, hi = math.ceil((len(slopes) - c) / 2) - 1, math.floor((len(slopes) + c) / 2)
+    ci = (slopes[lo], slopes[hi]) if lo >= 0 and hi < len(slopes) else None
+    return Slope(float(statistics.median(slopes)), ci, n)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One figure along one chain, and whether it is flagged (as a leak or as drift)."""
+
+    metric: str
+    kind: str  # "leak" or "drift"
+    n: int
+    first: float
+    last: float
+    median: float
+    per_hop: float | None
+    ci: tuple[float, float] | None
+    flagged: bool
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Rule = Callable[[Slope, list[float]], tuple[bool, str]]
+
+
+def _counter_rule(slope: Slope, ys: list[float]) -> tuple[bool, str]:
+    if slope.ci is not None:
+        grows = slope.ci[0] > 0
+        return grows, "rises steadily: a leak" if grows else "flat"
+    grew = ys[-1] > ys[0]
+    return grew, ("grew, but too few hops to tell a leak from a one-off step" if grew
+                  else "did not grow (too few hops for a trend)")
+
+
+def _memory_rule(slope: Slope, ys: list[float]) -> tuple[bool, str]:
+    growth = slope.per_hop * (len(ys) - 1)
+    if slope.ci is None:
+        return False, "too few hops for a trend"
+    leak = slope.ci[0] > 0 and growth >= RSS_LEAK_KIB
+    return leak, (f"fitted growth {growth:+.0f} KiB over its second half"
+                  + (": a leak" if leak else f" (flagged from {RSS_LEAK_KIB} KiB)"))
+
+
+def _drift_rule(slope: Slope, ys: list[float]) -> tuple[bool, str]:
+    change = slope.per_hop * (len(ys) - 1)
+    if slope.ci is None:
+        return False, "too few hops for a trend"
+    limit = DRIFT_FRACTION * abs(statistics.median(ys))
+    drifts = (slope.ci[0] > 0 or slope.ci[1] < 0) and abs(change) >= limit
+    way = "drifts up" if change > 0 else "drifts down"
+    return drifts, (f"fitted change {change:+.1f} over the chain"
+                    + (f": {way}" if drifts else f" (flagged from ±{limit:.1f}, with a "
+                       "95% interval that excludes 0)"))
+
+
+def judge(metric: str, kind: str, hops: list[int], ys: list[float], rule: Rule) -> Finding:
+    slope = theil_sen(hops, ys)
+    if slope is None:
+        return Finding(metric, kind, len(ys), ys[0], ys[-1], ys[0], None, None, False,
+                       "one hop: no trend")
+    flagged, note = rule(slope, ys)
+    if len(ys) < MIN_TREND:
+        note += f"; n={len(ys)} < {MIN_TREND} hops: too small a sample to rely on"
+    return Finding(metric, kind, len(ys), ys[0], ys[-1], float(statistics.median(ys)),
+                   slope.per_hop, slope.ci, flagged, note)
+
+
+def series(rec: RunRecord) -> dict[str, float]:
+    """The per-hop figures of one record that trends are judged on."""
+    out: dict[str, float] = {}
+    fp = rec.footprint or {}
+    if fp:
+        queues = fp.get("tap_queues", {}).values()
+        out |= {"qemu_fds": fp["qemu_fds"], "qemu_tun_fds": fp["qemu_tun_fds"],
+                "tap_queues_attached": sum(q[0] for q in queues),
+                "tap_queues_disabled": sum(q[1] for q in queues),
+                "interfaces": len(fp["interfaces"]), "qemu_anon_kib": fp["qemu_anon_kib"],
+                "tapmig_rss_kib": fp["tapmig_rss_kib"]}
+        if "tapmig_fds" in fp:  # records written before it was sampled lack it
+            out["tapmig_fds"] = fp["tapmig_fds"]
+    for metric in DRIFTS:
+        if (v := getattr(rec, metric)) is not None:
+            out[metric] = float(v)
+    return out
+
+
+def findings(recs: list[RunRecord]) -> list[Finding]:
+    """Every tracked figure of one chain's ok hops, in hop order."""
+    ok = sorted((r for r in recs if r.status == "ok" and r.hop is not None),
+                key=lambda r: r.hop or 0)
+    rows = [(r.hop or 0, series(r)) for r in ok]
+    out = []
+    for metrics, kind, rule in ((COUNTERS, "leak", _counter_rule),
+                                (MEMORY, "leak", _memory_rule), (DRIFTS, "drift", _drift_rule)):
+        for metric in metrics:
+            pts = [(hop, s[metric]) for hop, s in rows if metric in s]
+            if metrics is MEMORY:
+                # Memory climbs over the first tens of hops as allocators, caches and
+                # lazily imported code warm up, then levels off; a leak keeps climbing,
+                # so it is judged on the second half of the chain.
+                pts = pts[len(pts) // 2:]
+            if pts:
+                out.append(judge(metric, kind, [h for h, _ in pts], [y for _, y in pts], rule))
+    return out

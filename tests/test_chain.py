@@ -1,0 +1,193 @@
+"""Chains of real migrations of one booted guest (harness.chain), on each --qemu.
+
+Every hop is a fresh incoming QEMU on the same RAM file. The checks use what the
+kernel says, not what the harness computed: the ifindex of tap0 through the chain in
+local mode, which TAP the serving QEMU's TUN fds are attached to (fdinfo) in new-TAP
+mode, and the QEMU's fd count from /proc. A failing hop, a Ctrl-C and real shards
+merged by `tapmig report` are here too. The autouse leak check proves every path
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import resources
+from harness.capabilities import Capabilities
+from harness.chain import Chain, Runner
+from harness.chain_report import chain_summaries
+from harness.config import Config, Phase
+from harness.guest import Guest
+from harness.lab import Lab
+from harness.record import RunRecord
+from harness.vocabulary import AccelChoice, Mode
+from tests.support import REPO, run_tapmig
+
+pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
+HOPS = 20
+# What these tests judge is what repetition breaks: the guest answering both ways
+# after every hop, the same tap0, no fd, queue or interface left over. Whether the
+# outage lies within [STOP - 150 ms, RESUME + 150 ms] under TCG is judged per run in
+# test_tap_migration.py; on a busy 2-core host a fresh TCG target can need 300 ms
+# after RESUME, and a chain makes 20 such checks, so here the slack is 1 s: still
+# far below an outage anyone would call working.
+EPSILON_MS = 1000.0
+
+
+def run_chain(caps: Capabilities, guest: Guest, accel: AccelChoice, out: Path, mode: Mode,
+              hops: int, **cfg: object) -> list[RunRecord]:
+    recs: list[RunRecord] = []
+    config = Config(qemu=caps.qemu, mode=mode, accel=accel, guest=guest, out=out,
+                    epsilon_ms=EPSILON_MS, **cfg)  # type: ignore[arg-type]
+    Runner(Chain.new(config, hops, f"test-{mode}"), recs.append, print).run()
+    return recs
+
+
+@pytest.mark.parametrize("mode", ["new-tap", "local"])
+def test_a_chain_of_hops_keeps_the_guest_and_leaks_nothing(
+        tapmig_capabilities: Capabilities, tapmig_guest: Guest, tapmig_accel: AccelChoice,
+        tmp_path: Path, mode: Mode) -> None:
+    caps = tapmig_capabilities
+    if mode == "local" and (missing := caps.missing_for_local()):
+        pytest.skip(f"{caps.qemu} ({caps.version}) cannot do local migration: "
+                    f"missing {', '.join(missing)}")
+    recs = run_chain(caps, tapmig_guest, tapmig_accel, tmp_path, mode, HOPS)
+    assert [(r.hop, r.status, r.error) for r in recs] == [
+        (n, "ok", None) for n in range(1, HOPS + 1)]
+    fds = [(r.footprint or {})["qemu_fds"] for r in recs]
+    assert fds[-1] == fds[0], fds
+    summary = chain_summaries(recs)[0]
+    assert not [f for f in summary["findings"] if f["kind"] == "leak" and f["flagged"]], \
+        summary["flags"]
+    iffs = [(r.footprint or {})["tun_iff"] for r in recs]
+    if mode == "local":
+        index = recs[0].checks["tap0_ifindex"][0]
+        assert all(r.checks["tap0_ifindex"] == [index, index] for r in recs)
+        assert all(i == {"tap0": 4} for i in iffs), iffs
+    else:  # the guest's QEMU sits on tap1, tap0, tap1 ... as the host side moved
+        assert iffs == [{("tap1" if n % 2 else "tap0"): 4} for n in range(1, HOPS + 1)]
+
+
+def test_a_failing_hop_ends_the_chain_and_keeps_the_finished_ones(
+        tapmig_capabilities: Capabilities, tapmig_guest: Guest, tapmig_accel: AccelChoice,
+        tmp_path: Path) -> None:
+    """The target of hop 3 is killed at switchover: hops 1-2 stay recorded, hop 3 says
+    why, and the source it left serving (the target of hop 2) is shut down cleanly."""
+    def kill_third_target(phase: Phase, lab: Lab) -> None:
+        if phase == "switchover" and lab.hop == 2:
+            assert lab.target is not None
+            lab.target.kill()
+
+    recs = run_chain(tapmig_capabilities, tapmig_guest, tapmig_accel, tmp_path, "new-tap", 10,
+                     pause_before_switchover=True, fault=kill_third_target)
+    assert [(r.hop, r.status) for r in recs] == [(1, "ok"), (2, "ok"), (3, "failed")]
+    failed = recs[-1]
+    assert failed.failure is not None
+    assert (failed.failure["kind"], failed.failure["side"], failed.failure["status"]) == (
+        "MigrationError", "source", "failed")
+    assert failed.checks["last_good_qemu"] == {"qemu": "target-2", "exit_status": 0}
+    assert (tmp_path / failed.artifacts["ping-3"]).stat().st_size > 0
+    assert chain_summaries(recs)[0]["end"].startswith(
+        "ended at hop 3 after 2 ok: MigrationError: migration failed on the source")
+
+
+def read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process is gone
+        return b""
+
+
+def measure_args(qemu: str, accel: AccelChoice, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "measure", "--qemu", qemu, "--mode",
+            "new-tap", "--accel", accel, "--out", str(out), "--queues", "1",
+            "--epsilon-ms", str(EPSILON_MS), *extra]
+
+
+def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
+        tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "50"),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list((out / "records").glob("*.json"))) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert resources.leftovers(proc.pid) == []
+    mark = f"tapmig-{proc.pid}-".encode()  # in every QEMU's command line (its run dir)
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if mark in read(p)]
+    report = json.loads((out / "report.json").read_text())
+    assert report["partial"] and "PARTIAL" in stdout
+    (chain,) = report["chains"]
+    recs = sorted((RunRecord.read(p) for p in (out / "records").glob("*.json")),
+                  key=lambda r: r.hop or 0)
+    assert all(r.status == "ok" for r in recs[:-1]) and len(recs) >= 4
+    last = recs[-1]
+    assert (last.status, (last.failure or {}).get("kind")) == ("failed", "Interrupted")
+    assert last.checks["last_good_qemu"]["exit_status"] == 0
+    assert chain["ok"] == len(recs) - 1 and "Interrupted" in chain["end"]
+
+
+def test_real_shards_merge_into_one_report(tapmig_qemu: str, tapmig_accel: AccelChoice,
+                                           tmp_path: Path) -> None:
+    """Two shards of `measure --chain 3 --iterations 2`, each on its own: shard i runs
+    chain i; `tapmig report` merges them, and refuses a shard from an unlike host."""
+    shards = [tmp_path / "s1", tmp_path / "s2"]
+    for i, out in enumerate(shards, 1):
+        done = subprocess.run(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "3",
+                                           "--iterations", "2", "--shard", f"{i}/2"),
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    iterations = [sorted(RunRecord.read(p).iteration or 0 for p in (d / "records").glob("*"))
+                  for d in shards]
+    assert iterations == [[1, 2, 3], [4, 5, 6]]
+    merged = run_tapmig("report", str(shards[0]), str(shards[1]), "--out",
+                        str(tmp_path / "m"))
+    assert merged.returncode == 0, merged.stderr
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    (combo,) = report["combinations"]
+    assert combo["metrics"]["blackout_ms"]["n"] == 6 and len(report["chains"]) == 2
+    assert {c["shard"] for c in report["chains"]} == {"1/2", "2/2"}
+    assert report["notes"] == [] and not report["partial"]
+    alien = tmp_path / "alien"
+    shutil.copytree(shards[1], alien)
+    for path in (alien / "records").glob("*.json"):
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({**data, "host_kernel": "5.10.0-other"}))
+    refused = run_tapmig("report", str(shards[0]), str(alien), "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "host kernel" in refused.stderr
+    assert "--allow-mismatch" in refused.stderr
+    allowed = run_tapmig("report", str(shards[0]), str(alien), "--out", str(tmp_path / "y"),
+                         "--allow-mismatch")
+    assert allowed.returncode == 0 and "merged despite a mismatch" in allowed.stdout
+
+
+def test_duration_ends_the_chain_when_the_time_is_up(tapmig_qemu: str,
+                                                     tapmig_accel: AccelChoice,
+                                                     tmp_path: Path) -> None:
+    """A soak: no hop starts after --duration; the chain so far is a whole, ok report."""
+    out = tmp_path / "out"
+    done = subprocess.run(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "500",
+                                       "--duration", "15s", "--flows", "0", "--tcp", "off"),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    (chain,) = report["chains"]
+    assert 1 <= chain["hops"] < 500 and chain["ok"] == chain["hops"], chain
+    assert chain["end"] == f"{chain['hops']} hops, all ok" and not report["partial"]
