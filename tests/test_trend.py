@@ -5,6 +5,7 @@ true slope is known."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
 
@@ -62,7 +63,7 @@ def test_long_series_are_thinned_but_keep_their_slope() -> None:
     assert s is not None and s.per_hop == pytest.approx(0.5) and s.n == 2000
 
 
-def hop_records(n: int, **series: list[float]) -> list[RunRecord]:
+def hop_records(n: int, **series: Sequence[float]) -> list[RunRecord]:
     """A chain's ok hops, each with a footprint and figures taken from `series`."""
     recs = []
     for i in range(n):
