@@ -6,7 +6,7 @@ checking what a JSON file says.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 from harness.errors import UsageError
 
@@ -28,31 +28,28 @@ ACCEL_CHOICES: tuple[AccelChoice, ...] = get_args(AccelChoice)
 PROBERS: tuple[Prober, ...] = get_args(Prober)
 TCP_PATTERNS: tuple[TcpPattern, ...] = get_args(TcpPattern)
 
+W = TypeVar("W", bound=str)
+
+
+def _one_of(text: str, words: tuple[W, ...], what: str) -> W:
+    """`text` as one of `words`, typed as such, or a one-line error naming them all."""
+    for word in words:
+        if text == word:
+            return word
+    raise UsageError(f"unknown {what} {text!r}; use one of {', '.join(words)}")
+
 
 def as_mode(text: str) -> Mode:
-    """A mode from user input, or a one-line error naming the valid ones."""
-    for mode in MODES:
-        if text == mode:
-            return mode
-    raise UsageError(f"unknown mode {text!r}; use one or more of {', '.join(MODES)}")
+    return _one_of(text, MODES, "mode")
 
 
 def as_accel_choice(text: str) -> AccelChoice:
-    for choice in ACCEL_CHOICES:
-        if text == choice:
-            return choice
-    raise UsageError(f"unknown accelerator {text!r}; use one of {', '.join(ACCEL_CHOICES)}")
+    return _one_of(text, ACCEL_CHOICES, "accelerator")
 
 
 def as_prober(text: str) -> Prober:
-    for prober in PROBERS:
-        if text == prober:
-            return prober
-    raise UsageError(f"unknown prober {text!r}; use one of {', '.join(PROBERS)}")
+    return _one_of(text, PROBERS, "prober")
 
 
 def as_tcp_pattern(text: str) -> TcpPattern:
-    for pattern in TCP_PATTERNS:
-        if text == pattern:
-            return pattern
-    raise UsageError(f"unknown TCP pattern {text!r}; use one of {', '.join(TCP_PATTERNS)}")
+    return _one_of(text, TCP_PATTERNS, "TCP pattern")
