@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -289,14 +288,14 @@ class Tally:
         assert plan.hops is not None
         self.plan, self.log, self.per_chain = plan, log, plan.hops
         self.hops = 0
-        self.busy: list[float] = []
+        self.busy_s, self.timed = 0.0, 0  # a sum, not a list: a soak's memory stays flat
         self.skipped: set[tuple[str, str]] = set()
 
     def eta(self) -> str:
-        if self.plan.total is None or not self.busy:
+        if self.plan.total is None or not self.timed:
             return ""
-        left = self.plan.total * self.per_chain - self.hops
-        return f"; ETA {measure.duration_text(statistics.mean(self.busy) * max(left, 0))}"
+        left = max(self.plan.total * self.per_chain - self.hops, 0)
+        return f"; ETA {measure.duration_text(self.busy_s / self.timed * left)}"
 
     def emitter(self, i: int, mode: Mode, label: str, name: str) -> Emit:
         def emit(rec: RunRecord) -> None:
@@ -308,7 +307,7 @@ class Tally:
                 self.log(f"{head} not supported, skipping its later chains: {rec.error}")
                 return
             if rec.duration_s is not None and rec.status == "ok":
-                self.busy.append(rec.duration_s)
+                self.busy_s, self.timed = self.busy_s + rec.duration_s, self.timed + 1
             self.log(f"{head} {measure.result_text(rec)} ({rec.duration_s or 0:.2f}s)"
                      f"{self.eta()}")
         return emit
