@@ -74,11 +74,25 @@ class FlowResult:
     blackout_end: float | None
     back_ms: float | None  # its first reply after RESUME, in ms from STOP; None: none came
     answered_after: float | None  # share answered of the requests sent once all were back
-    lost_sent_ms: list[float]  # when each lost request left, in ms from STOP
+    lost_when: dict[str, Any]  # when its lost requests were sent: see when_lost()
     recovered: bool = True  # set by analyze(), which compares the flows
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def when_lost(sent: list[float], window: tuple[float, float]) -> dict[str, Any]:
+    """When the requests that got no reply were sent, relative to [STOP, RESUME]: how
+    many before STOP, between, and after RESUME, and the first and last in ms from
+    STOP. Counts, not a list, so a record stays small over a thousand-hop soak; the
+    probe's log (and the timeline) has each one."""
+    stop, resume = window
+    ms = sorted(1000 * (t - stop) for t in sent)
+    return {"before_stop": sum(1 for t in sent if t < stop),
+            "stop_to_resume": sum(1 for t in sent if stop <= t <= resume),
+            "after_resume": sum(1 for t in sent if t > resume),
+            "first_ms": round(ms[0], 3) if ms else None,
+            "last_ms": round(ms[-1], 3) if ms else None}
 
 
 def late_after_ms(rtts: list[float]) -> float:
@@ -113,8 +127,7 @@ def analyze_flow(log: FlowLog, flow: int, window: tuple[float, float], settled: 
         back_ms=round(1000 * (back - stop), 3) if back is not None else None,
         answered_after=(round(sum(1 for s in after if s in replies) / len(after), 3)
                         if after else None),
-        lost_sent_ms=sorted(round(1000 * (ts - stop), 3) for seq, ts in sent.items()
-                            if seq not in replies))
+        lost_when=when_lost([ts for seq, ts in sent.items() if seq not in replies], window))
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,9 @@ class RunRecord:
     epsilon_ms: float | None = None  # the slack the outage was checked against
     stop_ts: float | None = None
     resume_ts: float | None = None
-    # When each ICMP request that never got a reply was sent, in ms from STOP.
-    lost_sent_ms: list[float] = field(default_factory=list)
+    # When the ICMP requests that never got a reply were sent: how many before STOP,
+    # between STOP and RESUME and after, the first and last in ms from STOP.
+    lost_when: dict[str, Any] = field(default_factory=dict)
     # Traffic beyond ICMP (harness.traffic); blackout_ms stays the ICMP figure.
     vcpus: int = 1  # with vcpus >= queues, every queue pair is live in the guest
     flows: int = 0  # K UDP flows on distinct ports; 0: not run

@@ -238,8 +238,8 @@ def record_hop(lab: Lab, rec: RunRecord, logs: HopLogs, icmp: ping.PingLog) -> N
     rec.vcpus, rec.flows, rec.tcp = lab.cfg.vcpus, lab.cfg.flows, lab.cfg.tcp
     sent = ping.send_times(icmp)
     answered = {p.seq for p in icmp.lines if p.rtt_ms is not None}
-    rec.lost_sent_ms = sorted(round(1000 * (t - stop), 3) for s, t in sent.items()
-                              if s not in answered and s <= max(answered, default=0))
+    rec.lost_when = flows.when_lost([t for s, t in sent.items() if s not in answered
+                                     and s <= max(answered, default=0)], (stop, resume))
     summary = tcp = None
     if logs.source_queues is not None:
         rec.queues_live = logs.source_queues.live

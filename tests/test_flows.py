@@ -61,7 +61,10 @@ def test_each_flow_has_its_own_blackout_and_the_worst_is_reported() -> None:
     assert summary.spread_ms == pytest.approx(b.blackout_ms - a.blackout_ms)
     assert a.lost == 6 and b.lost == 16 and summary.lost == 22
     # The lost requests, by when they were sent: from 10 ms before STOP.
-    assert a.lost_sent_ms[0] == pytest.approx(-10, abs=0.01) and len(a.lost_sent_ms) == 6
+    assert a.lost_when == {"before_stop": 1, "stop_to_resume": 5, "after_resume": 0,
+                           "first_ms": pytest.approx(-10, abs=0.01),
+                           "last_ms": pytest.approx(40, abs=0.01)}
+    assert sum(b.lost_when[k] for k in ("before_stop", "stop_to_resume", "after_resume")) == 16
     assert a.recovered and b.recovered
 
 
