@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from harness.errors import CheckFailed
-from harness.ping import LATE_FACTOR, LATE_MIN_MS
+from harness.ping import LATE_FACTOR, LATE_MIN_MS, TS_PREFIX
 from harness.queues import QueueCounts
 
-_TS = r"^\[(?P<ts>\d+\.\d+)\] "
-SENT = re.compile(_TS + r"sent flow=(?P<flow>\d+) seq=(?P<seq>\d+)$")
-REPLY = re.compile(_TS + r"reply flow=(?P<flow>\d+) seq=(?P<seq>\d+) cpu=(?P<cpu>\d+) "
+SENT = re.compile(TS_PREFIX + r"sent flow=(?P<flow>\d+) seq=(?P<seq>\d+)$")
+REPLY = re.compile(TS_PREFIX + r"reply flow=(?P<flow>\d+) seq=(?P<seq>\d+) cpu=(?P<cpu>\d+) "
                    r"time=(?P<rtt>[\d.]+) ms")
 HEADER = re.compile(r"^FLOWS (?P<flows>\d+) to \S+ ports (?P<port>\d+)-")
 GUEST_PORT = 7000  # tapmig-guest's first echo port: flow i uses GUEST_PORT + i

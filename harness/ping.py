@@ -38,11 +38,12 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 LATE_MIN_MS = 5.0
 LATE_FACTOR = 10.0
 
-_TS = r"^\[(?P<ts>\d+\.\d+)\] "
-REPLY = re.compile(_TS + r"\d+ bytes from .*?icmp_seq=(?P<seq>\d+) .*?time=(?P<rtt>[\d.]+) ms")
-NO_ANSWER = re.compile(_TS + r"no answer yet for icmp_seq=(?P<seq>\d+)")
-SENT = re.compile(_TS + r"sent icmp_seq=(?P<seq>\d+)$")
-ERROR = re.compile(_TS + r"From .*?icmp_seq=(?P<seq>\d+) (?P<what>.*)")
+TS_PREFIX = r"^\[(?P<ts>\d+\.\d+)\] "  # every prober line starts with its time, as `ping -D`
+REPLY = re.compile(TS_PREFIX
+                   + r"\d+ bytes from .*?icmp_seq=(?P<seq>\d+) .*?time=(?P<rtt>[\d.]+) ms")
+NO_ANSWER = re.compile(TS_PREFIX + r"no answer yet for icmp_seq=(?P<seq>\d+)")
+SENT = re.compile(TS_PREFIX + r"sent icmp_seq=(?P<seq>\d+)$")
+ERROR = re.compile(TS_PREFIX + r"From .*?icmp_seq=(?P<seq>\d+) (?P<what>.*)")
 SUMMARY = re.compile(r"^(?P<tx>\d+) packets transmitted, (?P<rx>\d+) (packets )?received")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import CheckFailed
-from harness.ping import ProbeProcess
+from harness.ping import TS_PREFIX, ProbeProcess
 from harness.tcp_probe import MSG
 from harness.vocabulary import TcpPattern
 
@@ -24,11 +24,10 @@ PORT = 5000  # the guest's `nc -ll -p 5000 -e cat`
 INTERVALS: dict[TcpPattern, float] = {"continuous": 0.001, "sparse": 0.05}
 DRAIN_S = 10.0  # how long the stream may take to catch up once stopped
 
-_TS = r"^\[(?P<ts>\d+\.\d+)\] "
-CONNECTED = re.compile(_TS + r"connected (?P<local>\S+) -> (?P<remote>\S+)")
-EVENT = re.compile(_TS + r"(?P<dir>tx|rx) seq=(?P<seq>\d+)$")
-INFO = re.compile(_TS + r"tcpinfo (?P<fields>.*)$")
-ERROR = re.compile(_TS + r"error (?P<kind>\w+): (?P<detail>.*)$")
+CONNECTED = re.compile(TS_PREFIX + r"connected (?P<local>\S+) -> (?P<remote>\S+)")
+EVENT = re.compile(TS_PREFIX + r"(?P<dir>tx|rx) seq=(?P<seq>\d+)$")
+INFO = re.compile(TS_PREFIX + r"tcpinfo (?P<fields>.*)$")
+ERROR = re.compile(TS_PREFIX + r"error (?P<kind>\w+): (?P<detail>.*)$")
 SUMMARY = re.compile(r"^summary (?P<json>\{.*\})$")
 
 
