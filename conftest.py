@@ -1,4 +1,4 @@
-"""tapmig's own suite on top of its pytest plugin (harness.pytest_plugin, loaded through
+"""tapmig's own suite on top of its pytest plugin (harness.testing.plugin, loaded through
 the `pytest11` entry point): the leak check on for every test, and the `lab` bench.
 
 Other projects get the plugin's fixtures without the autouse leak check; here every
@@ -12,11 +12,11 @@ from contextlib import ExitStack
 
 import pytest
 
-from harness import accel
-from harness.capabilities import Capabilities
-from harness.config import Config
-from harness.guest import Guest
-from harness.lab import Lab
+from harness.guest.spec import Guest
+from harness.qemu import accel
+from harness.qemu.capabilities import Capabilities
+from harness.run.config import Config
+from harness.run.lab import Lab
 from harness.vocabulary import AccelChoice
 
 # tapmig_installed: this checkout's wheel in a fresh venv, for tests of the package.

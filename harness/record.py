@@ -63,7 +63,7 @@ class RunRecord:
     # When the ICMP requests that never got a reply were sent: how many before STOP,
     # between STOP and RESUME and after, the first and last in ms from STOP.
     lost_when: dict[str, Any] = field(default_factory=dict)
-    # Traffic beyond ICMP (harness.traffic); blackout_ms stays the ICMP figure.
+    # Traffic beyond ICMP (harness.run.traffic); blackout_ms stays the ICMP figure.
     vcpus: int = 1  # with vcpus >= queues, every queue pair is live in the guest
     flows: int = 0  # K UDP flows on distinct ports; 0: not run
     flow_blackout_ms: float | None = None  # the worst flow's blackout
@@ -90,9 +90,9 @@ class RunRecord:
     duration_s: float | None = None
     iteration: int | None = None
     boot_s: float | None = None
-    # A chained campaign (harness.chain): the chain, the hop in it (1 = the first
+    # A chained campaign (harness.run.chain): the chain, the hop in it (1 = the first
     # migration after the one boot), the shard ("i/n") that ran it, and what the
-    # serving QEMU, the namespace and tapmig held after the hop (harness.footprint).
+    # serving QEMU, the namespace and tapmig held after the hop (harness.run.footprint).
     chain: str | None = None
     hop: int | None = None
     shard: str | None = None

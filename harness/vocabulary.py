@@ -15,7 +15,7 @@ Status = Literal["ok", "failed", "unsupported"]
 Accel = Literal["kvm", "tcg"]
 AccelChoice = Literal["auto", "kvm", "tcg"]
 Prober = Literal["tapmig", "iputils"]
-# Which interface of the live-TAP series a QEMU speaks (see harness.capabilities).
+# Which interface of the live-TAP series a QEMU speaks (see harness.qemu.capabilities).
 Interface = Literal["v12", "final", "none"]
 # The TCP connection kept open across the migration: a message every 1 ms, a
 # request/response every 50 ms, or none.

@@ -18,9 +18,16 @@ from typing import Any, cast
 
 import pytest
 
-from harness import assets
-from harness.assets import Asset, asset_path, cache_dir, fetch, load_manifest, parse_guest
 from harness.errors import TapmigError
+from harness.guest import assets
+from harness.guest.assets import (
+    Asset,
+    asset_path,
+    cache_dir,
+    fetch,
+    load_manifest,
+    parse_guest,
+)
 
 BODY = bytes(range(256)) * 800  # 200 KiB: several read chunks, so cuts land mid-file
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import CONFIGURE_FLAGS, build_qemu, cache_key, cached_binary
 from harness.errors import TapmigError
-from harness.qemu_source import (
+from harness.qemu.build import CONFIGURE_FLAGS, build_qemu, cache_key, cached_binary
+from harness.qemu.source import (
     BuildInputError,
     expand_patches,
     inspect_source,
@@ -240,7 +240,7 @@ def test_tarball_without_configure_is_an_input_error(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "harness.build", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "harness.qemu.build", *args], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=60, check=False)
 
 
@@ -345,7 +345,7 @@ def test_pc_bios_meson_failure_hints_at_the_build_fix(tree: Path, fake: Path) ->
 def test_parallel_builds_of_one_key_build_once(tree: Path, fake: Path) -> None:
     args = ["--source", str(tree), "--cache", str(fake)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-m", "harness.build", *args], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "harness.qemu.build", *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [p.communicate(timeout=60) for p in procs]

@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from harness.capabilities import (
+from harness.errors import QMPCommandError
+from harness.host.netns import Namespace
+from harness.proc import PREFIX
+from harness.qemu.capabilities import (
     FINAL_UNTESTED,
     TAP_LOCAL_OPTIONS,
     Capabilities,
     query_capabilities,
     schema_facts,
 )
-from harness.errors import QMPCommandError
-from harness.netns import Namespace
-from harness.proc import PREFIX
-from harness.vm import VM
+from harness.qemu.vm import VM
 
 
 def fragment(migration_params: list[str], tap_options: list[str]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Chains of real migrations of one booted guest (harness.chain), on each --qemu.
+"""Chains of real migrations of one booted guest (harness.run.chain), on each --qemu.
 
 Every hop is a fresh incoming QEMU on the same RAM file. The checks use what the
 kernel says, not what the harness computed: the ifindex of tap0 through the chain in
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import resources
-from harness.capabilities import Capabilities
-from harness.chain import Chain, Runner
-from harness.chain_report import chain_summaries
-from harness.config import Config, Phase
-from harness.guest import Guest
-from harness.lab import Lab
+from harness.guest.spec import Guest
+from harness.host import reaper
+from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
+from harness.report.chain_summary import chain_summaries
+from harness.run.chain import Chain, Runner
+from harness.run.config import Config, Phase
+from harness.run.lab import Lab
 from harness.vocabulary import AccelChoice, Mode
 from tests.support import REPO, run_tapmig
 
@@ -107,7 +107,7 @@ def read(path: Path) -> bytes:
 
 
 def measure_args(qemu: str, accel: AccelChoice, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", "measure", "--qemu", qemu, "--mode",
+    return [sys.executable, "-m", "harness.cli.main", "measure", "--qemu", qemu, "--mode",
             "new-tap", "--accel", accel, "--out", str(out), "--queues", "1",
             "--epsilon-ms", str(EPSILON_MS), *extra]
 
@@ -129,7 +129,7 @@ def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, stderr
-    assert resources.leftovers(proc.pid) == []
+    assert reaper.leftovers(proc.pid) == []
     mark = f"tapmig-{proc.pid}-".encode()  # in every QEMU's command line (its run dir)
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if mark in read(p)]
     report = json.loads((out / "report.json").read_text())

@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import build, measure, qemu_source
-from harness.cli_parser import parser
+from harness.campaign import measure
+from harness.cli.parser import parser
 from harness.errors import TapmigError
+from harness.qemu import build, source
 from tests.support import REPO
 
 ROOT = REPO
@@ -466,7 +467,7 @@ def test_github_cache_key_is_the_build_key(github_job: dict[str, Any], tmp_path:
                              text=True, check=True, timeout=60)
         return res.stdout.strip()
 
-    assert key(patch) == build.cache_key(qemu_source.inspect_source(src), [patch],
+    assert key(patch) == build.cache_key(source.inspect_source(src), [patch],
                                          build.CONFIGURE_FLAGS)[0]
     assert key() != key(patch)
 
@@ -517,7 +518,8 @@ def test_malformed_jobs_are_reported() -> None:
     (".venv/bin/python -m pytest --no-such-option", "pytest: unknown option --no-such-option"),
     ("a=(--tapmig-recrods r)\npytest \"${a[@]}\"", "pytest: unknown option --tapmig-recrods"),
     ("python3 -m pytest -m 'kvm and gpu'", "marker 'gpu' is not declared"),
-    ("python3 -c 'from harness.build import cache_key, no_such_name'", "no_such_name: no such"),
+    ("python3 -c 'from harness.qemu.build import cache_key, no_such_name'",
+     "no_such_name: no such"),
     ("python3 -m harness.no_such_module", "harness.no_such_module: no such module"),
     ("echo 'unbalanced", "cannot split"),
 ])

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import accel
 from harness.cache import default_cache
-from harness.cli import format_record
-from harness.guest import build_embedded
+from harness.cli.main import format_record
+from harness.guest.embedded import build_embedded
+from harness.qemu import accel
 from harness.record import RunRecord
-from harness.report import build_report, write_report
+from harness.report.summary import build_report, write_report
 from harness.vocabulary import Accel
 from tests.support import REPO, run_tapmig
 from tests.support import one_line_error as _one_line_error
@@ -81,7 +81,7 @@ def test_no_dev_net_tun(tmp_path: Path) -> None:
     """Hide /dev/net/tun under a tmpfs, in a private mount namespace of this command only."""
     assert QEMU is not None
     script = ("mount --make-rprivate / && mount -t tmpfs none /dev/net && "
-              f"exec {sys.executable} -m harness.cli run --qemu {QEMU}")
+              f"exec {sys.executable} -m harness.cli.main run --qemu {QEMU}")
     res = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True,
                          text=True, timeout=60, cwd=REPO)
     one_line_error(res, "/dev/net/tun is missing")
@@ -203,7 +203,7 @@ def test_a_closed_output_pipe_is_no_traceback() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        done = subprocess.run([sys.executable, "-m", "harness.cli", "analyze", str(PING_LOG)],
+        done = subprocess.run([sys.executable, "-m", "harness.cli.main", "analyze", str(PING_LOG)],
                               stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
                               cwd=REPO, check=False)
     finally:

@@ -26,15 +26,15 @@ from typing import Any
 
 import pytest
 
-from harness import scenario
-from harness.capabilities import Capabilities
-from harness.config import Config, Phase
 from harness.errors import MigrationError, QEMUError, QMPCommandError, TapmigError
-from harness.guest import Guest
-from harness.lab import Lab
-from harness.pytest_plugin import RunFactory
+from harness.guest.spec import Guest
+from harness.qemu.capabilities import Capabilities
+from harness.qemu.vm import VM
 from harness.record import RunRecord
-from harness.vm import VM
+from harness.run import scenario
+from harness.run.config import Config, Phase
+from harness.run.lab import Lab
+from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice
 from tests.support import children, cmdline
 
@@ -299,7 +299,7 @@ def test_prober_killed(fault_run: Callable[..., RunRecord]) -> None:
     so the run must fail and say the prober died, not report a blackout."""
 
     def kill_prober(_lab: Lab) -> None:
-        pids = own_children("harness.icmp_probe")
+        pids = own_children("harness.probes.icmp")
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)
 

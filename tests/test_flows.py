@@ -1,7 +1,7 @@
 """The traffic checks' pure logic, on small hand-made logs: flows, TCP, queues, timeline.
 
-Each log is built the way the probes write it (harness.flow_probe,
-harness.tcp_probe, tapmig-guest queues), so the parsers read what the probes
+Each log is built the way the probes write it (harness.probes.flow,
+harness.probes.tcp, tapmig-guest queues), so the parsers read what the probes
 print; the probes themselves run against real guests in tests/test_traffic.py.
 """
 
@@ -14,16 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from harness import flow_probe, flows, tcp_probe, tcp_stream, timeline, traffic
-from harness.config import Config
+from harness.analysis import flows, tcp_stream
+from harness.analysis.ping import parse as parse_ping
+from harness.analysis.queues import QueueCounts, check_every_queue
 from harness.errors import CheckFailed, UsageError
-from harness.ping import parse as parse_ping
-from harness.queues import QueueCounts, check_every_queue
+from harness.probes import flow as flow_probe
+from harness.probes import tcp as tcp_probe
 from harness.record import RunRecord
-from harness.report import build_report
-from harness.report_model import Report
-from harness.report_render import render_html, render_markdown
-from harness.verdict import compare
+from harness.report import timeline
+from harness.report.compare import compare
+from harness.report.model import Report
+from harness.report.render import render_html, render_markdown
+from harness.report.summary import build_report
+from harness.run import traffic
+from harness.run.config import Config
 from harness.vocabulary import Mode
 
 STOP, RESUME = 1000.0, 1000.1

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from harness import footprint
-from harness.chain_report import chain_summaries
-from harness.netns import Namespace
+from harness.host.netns import Namespace
 from harness.proc import die_with_parent
 from harness.record import RunRecord
+from harness.report.chain_summary import chain_summaries
+from harness.run import footprint
 
 pytestmark = pytest.mark.usefixtures("tapmig_root_with_tun")
 

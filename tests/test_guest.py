@@ -27,21 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.assets import Manifest, load_manifest, parse_guest
 from harness.cache import default_cache
-from harness.config import Config
 from harness.errors import HostError, TapmigError
-from harness.guest import (
-    HELPER,
-    HELPER_SOURCE,
-    NET_OK,
-    READY,
-    Guest,
-    build_embedded,
-    cpio_newc,
-    resolve,
-)
-from harness.scenario import run
+from harness.guest.assets import Manifest, load_manifest, parse_guest
+from harness.guest.embedded import HELPER_SOURCE, build_embedded, cpio_newc, resolve
+from harness.guest.spec import HELPER, NET_OK, READY, Guest
+from harness.run.config import Config
+from harness.run.scenario import run
 from harness.vocabulary import AccelChoice
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -267,7 +259,7 @@ def test_asset_guest_offline_fails_naming_url_and_path(
 
 
 def tapmig(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True,
                           text=True, timeout=120, env={**os.environ, **(env or {})}, cwd=CLONE)
 
 

@@ -1,4 +1,4 @@
-"""harness.icmp_probe: the packet maths by hand, and one real run in a namespace."""
+"""harness.probes.icmp: the packet maths by hand, and one real run in a namespace."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from harness.icmp_probe import (
+from harness.analysis.ping import analyze, parse
+from harness.host.netns import Namespace
+from harness.probes.icmp import (
     ECHO_REPLY,
     ECHO_REQUEST,
     PAYLOAD,
@@ -21,8 +23,6 @@ from harness.icmp_probe import (
     main,
     parse_reply,
 )
-from harness.netns import Namespace
-from harness.ping import analyze, parse
 from tests.support import REPO
 
 # --- checksum ---------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_main_refuses_an_unbounded_rate() -> None:
 
 def test_prober_runs_at_1khz_in_a_namespace(tapmig_namespace: Namespace) -> None:
     """In a fresh namespace with only lo: no other traffic, and nothing in the host's."""
-    argv = [*tapmig_namespace.exec_prefix(), sys.executable, "-m", "harness.icmp_probe",
+    argv = [*tapmig_namespace.exec_prefix(), sys.executable, "-m", "harness.probes.icmp",
             "-i", "0.001", "127.0.0.1"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})

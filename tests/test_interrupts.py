@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import resources
+from harness.host import reaper
 from harness.vocabulary import AccelChoice
 from tests.support import REPO, children, cmdline, stat_fields
 
@@ -64,7 +64,7 @@ class TapmigRun:
     def __init__(self, qemu: str, accel: str, out: Path, own_group: bool = False) -> None:
         self.qemu = qemu
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", "run", "--qemu", qemu, "--accel", accel,
+            [sys.executable, "-m", "harness.cli.main", "run", "--qemu", qemu, "--accel", accel,
              "--out", str(out)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, process_group=0 if own_group else None)
@@ -149,7 +149,7 @@ def start_run(tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path: Path
     yield start
     for r in started:
         r.kill()
-        resources.reap_orphans()
+        reaper.reap_orphans()
 
 
 def starting(r: TapmigRun) -> None:
@@ -167,7 +167,7 @@ def booting(r: TapmigRun) -> None:
 
 def probing(r: TapmigRun) -> None:
     """The 1 kHz prober runs; the migration has not started."""
-    r.until(lambda: r.has_child("harness.icmp_probe"), "the prober")
+    r.until(lambda: r.has_child("harness.probes.icmp"), "the prober")
     assert not r.saw("migrating"), "the migration began before the signal"
 
 
@@ -184,7 +184,7 @@ def gone(r: TapmigRun) -> None:
     A child forked in the very instant of the signal, before Popen returned it, is
     unknown to tapmig's teardown; PR_SET_PDEATHSIG kills it as tapmig exits, so allow
     the kernel a moment for that."""
-    assert resources.leftovers(r.pid) == []
+    assert reaper.leftovers(r.pid) == []
     deadline = time.monotonic() + 2
     while alive(r.kids) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -254,21 +254,21 @@ def test_sigkill_leaves_orphans_that_the_next_run_reaps(
     r = start_run()
     phase(r)
     r.kill()
-    kinds = {entry.split()[0] for entry in resources.leftovers(r.pid)}
+    kinds = {entry.split()[0] for entry in reaper.leftovers(r.pid)}
     assert kinds == orphans
     deadline = time.monotonic() + 10
     while alive(r.kids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert alive(r.kids) == set()
-    resources.reap_orphans()
+    reaper.reap_orphans()
     gone(r)
 
 
 SWALLOWED_AT_FORK = """
 import os, signal, subprocess, sys, time
-from harness import cli
-signal.signal(signal.SIGTERM, cli._terminate)  # as cli.main() sets them up
-sys.unraisablehook = cli._redeliver
+from harness.cli import main
+signal.signal(signal.SIGTERM, main._terminate)  # as main.main() sets them up
+sys.unraisablehook = main._redeliver
 def interrupt() -> None:  # what a SIGINT or SIGTERM handled inside the callback does
     raise KeyboardInterrupt
 os.register_at_fork(after_in_parent=interrupt)

@@ -20,14 +20,16 @@ from typing import Any
 
 import pytest
 
-from harness import accel, ping, scenario
 from harness.cache import default_cache
-from harness.capabilities import Capabilities
-from harness.config import GUEST_IP, Config
 from harness.errors import QMPCommandError
-from harness.guest import Guest
-from harness.lab import Lab
-from harness.vm import VM
+from harness.guest.spec import Guest
+from harness.probes import driver
+from harness.qemu import accel
+from harness.qemu.capabilities import Capabilities
+from harness.qemu.vm import VM
+from harness.run import scenario
+from harness.run.config import GUEST_IP, Config
+from harness.run.lab import Lab
 from harness.vocabulary import AccelChoice, Interface
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
@@ -112,7 +114,7 @@ def booted_source(lab: Lab) -> VM:
 def source_still_serves(lab: Lab, src: VM) -> None:
     assert src.cmd("query-status")["status"] == "running"
     lab.guest_pings_host(src)
-    assert ping.ping_once(lab.ns.exec_prefix(), GUEST_IP, timeout_s=3)
+    assert driver.ping_once(lab.ns.exec_prefix(), GUEST_IP, timeout_s=3)
 
 
 def test_local_over_tcp_fails_and_source_keeps_serving(lab: Lab) -> None:

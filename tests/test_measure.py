@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from harness.config import Config
+from harness.campaign.measure import Plan, measure, parse_modes, prepare_out, write_record
 from harness.errors import EXIT_USAGE, TapmigError
-from harness.measure import Plan, measure, parse_modes, prepare_out, write_record
 from harness.record import RunRecord
-from harness.report import build_report, load_report, write_report
-from harness.report_model import Combination, Report
+from harness.report.model import Combination, Report
+from harness.report.summary import build_report, load_report, write_report
+from harness.run.config import Config
 from harness.vocabulary import Mode
 from tests.support import REPO, one_line_error, run_tapmig
 
@@ -243,8 +243,8 @@ def test_sigterm_to_a_forked_helper_does_not_unwind_the_parent_stack() -> None:
     handler must not make a helper unwind (and tear down) the measurement it was forked from."""
     script = """if True:
         import os, signal, time
-        from harness import cli
-        signal.signal(signal.SIGTERM, cli._terminate)
+        from harness.cli import main
+        signal.signal(signal.SIGTERM, main._terminate)
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import assets
+from harness.guest import assets
 from harness.vocabulary import AccelChoice
 from tests.support import REPO
 from tests.support.wheel import Installed
@@ -25,10 +25,10 @@ DEBIAN_QEMU = Path("/usr/bin/qemu-system-x86_64")
 def test_the_manifest_has_one_source(tapmig_installed: Installed) -> None:
     """The packaged assets.toml is the top-level one: a link in the clone, a copy in the wheel."""
     top = (REPO / "assets.toml").read_bytes()
-    assert os.readlink(REPO / "harness" / "assets.toml") == "../assets.toml"
+    assert os.readlink(REPO / "harness" / "guest" / "assets.toml") == "../../assets.toml"
     assert assets.DEFAULT_MANIFEST.read_bytes() == top
     with zipfile.ZipFile(tapmig_installed.wheel) as wheel:
-        assert wheel.read("harness/assets.toml") == top
+        assert wheel.read("harness/guest/assets.toml") == top
 
 
 def test_version_and_python_m_harness_from_root(tapmig_installed: Installed) -> None:

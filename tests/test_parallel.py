@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import resources
+from harness.host import reaper
 from harness.vocabulary import AccelChoice
 from tests.support import REPO
 
@@ -37,7 +37,7 @@ def test_two_runs_at_once(tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path:
             out.mkdir()
             with open(out / "stderr.txt", "wb") as err:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "harness.cli", "run", "--qemu", tapmig_qemu,
+                    [sys.executable, "-m", "harness.cli.main", "run", "--qemu", tapmig_qemu,
                      "--accel", tapmig_accel, "--out", str(out), "--epsilon-ms", RELAXED_MS],
                     cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err))
         seen: dict[int, set[str]] = {p.pid: set() for p in procs}
@@ -45,14 +45,14 @@ def test_two_runs_at_once(tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path:
         while any(p.poll() is None for p in procs):
             assert time.monotonic() < deadline, f"runs still going after {DEADLINE_S:.0f}s"
             for p in procs:
-                seen[p.pid] |= set(resources.leftovers(p.pid))
+                seen[p.pid] |= set(reaper.leftovers(p.pid))
             time.sleep(0.1)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.wait(timeout=10)
-        resources.reap_orphans()
+        reaper.reap_orphans()
 
     for i, p in enumerate(procs):
         out = tmp_path / f"run{i}"
@@ -62,6 +62,6 @@ def test_two_runs_at_once(tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path:
         # Each had its own namespace, RAM file and run dir, and removed them all.
         kinds = {entry.split()[0] for entry in seen[p.pid]}
         assert kinds == {"netns", "shm", "rundir"}, seen[p.pid]
-        assert resources.leftovers(p.pid) == []
+        assert reaper.leftovers(p.pid) == []
     first, second = (seen[p.pid] for p in procs)
     assert first.isdisjoint(second)

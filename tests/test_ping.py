@@ -1,4 +1,4 @@
-"""harness.ping on real captured logs and on tiny hand-made ones.
+"""harness.analysis.ping on real captured logs and on tiny hand-made ones.
 
 How tests/data/ping/ was captured (once, by hand, with a throwaway script that
 is not committed), as root on Linux 6.18 with iputils 20221126:
@@ -21,7 +21,7 @@ is not committed), as root on Linux 6.18 with iputils 20221126:
   1gbit, which lets the held replies out late.
 - dropped-iputils.log: the same tbf, but the outage was a change to `limit 1`
   (bytes), so every reply is dropped while the link stays up; then back.
-- outage-tapmig.log: `python -m harness.icmp_probe -i 0.001 192.168.77.2` (with
+- outage-tapmig.log: `python -m harness.probes.icmp -i 0.001 192.168.77.2` (with
   PYTHONPATH=/work/main, the prober of commit 0eb0d61, which prints "sent" lines)
   through the same link-down outage as outage-iputils.
 - Each outage has a JSON sidecar of time.time() values taken by the capture
@@ -42,8 +42,9 @@ from typing import Any
 
 import pytest
 
+from harness.analysis.ping import Analysis, PingLog, analyze, analyze_file, parse, send_times
 from harness.errors import TapmigError, UsageError
-from harness.ping import Analysis, Pinger, PingLog, analyze, analyze_file, parse, send_times
+from harness.probes.driver import Pinger
 
 DATA = Path(__file__).parent / "data" / "ping"
 

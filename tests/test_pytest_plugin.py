@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.capabilities import query_capabilities
+from harness.qemu.capabilities import query_capabilities
 from tests.support import REPO
 from tests.support.wheel import Installed
 
 FOREIGN_TESTS = '''
 import subprocess
 import pytest
-from harness.config import Config
+from harness.run.config import Config
 
 
 def test_qemus(tapmig_qemu, tapmig_accel):
@@ -154,7 +154,7 @@ def test_the_installed_wheel_brings_the_plugin(project: Path, tapmig_installed: 
 # Kept word for word in README.md's "Using the pytest plugin" section; a test checks that.
 README_EXAMPLE = '''\
 import pytest
-from harness.config import Config
+from harness.run.config import Config
 
 
 @pytest.mark.kvm

@@ -12,7 +12,10 @@ import pytest
 
 from harness.errors import TapmigError
 from harness.record import RunRecord
-from harness.report import (
+from harness.report.compare import NotComparable, compare, parse_threshold
+from harness.report.model import SCHEMA, Combination, Report
+from harness.report.render import render_html, render_markdown
+from harness.report.summary import (
     build_report,
     cpu_model,
     load_report,
@@ -21,9 +24,6 @@ from harness.report import (
     ratio_ci,
     write_report,
 )
-from harness.report_model import SCHEMA, Combination, Report
-from harness.report_render import render_html, render_markdown
-from harness.verdict import NotComparable, compare, parse_threshold
 from harness.vocabulary import Mode
 
 QEMU_A = "/opt/a/build/qemu-system-x86_64"

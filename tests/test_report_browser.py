@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.record import RunRecord
-from harness.report import build_report, write_report
-from harness.report_render import COLOURS
+from harness.report.render import COLOURS
+from harness.report.summary import build_report, write_report
 from harness.vocabulary import Mode
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness.cache import default_cache
-from harness.guest import Guest
+from harness.guest.spec import Guest
 from tests.support import REPO
 
 USER = f"tapmig-rl{os.getpid() % 100000}"
@@ -53,7 +53,7 @@ def as_user(user: pwd.struct_passwd, args: list[str], env: dict[str, str],
         ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
          "--inh-caps=-all", "env", "-i", f"HOME={user.pw_dir}", f"USER={user.pw_name}",
          f"PYTHONPATH={REPO}:{SITE}", *[f"{k}={v}" for k, v in env.items()],
-         str(SYSTEM_PYTHON), *(["-m", "harness.cli"] if module else []), *args],
+         str(SYSTEM_PYTHON), *(["-m", "harness.cli.main"] if module else []), *args],
         capture_output=True, text=True, timeout=timeout, cwd="/")
 
 

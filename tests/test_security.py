@@ -18,11 +18,11 @@ from typing import Any, get_args
 import pytest
 from pyroute2 import IPRoute
 
-from harness import scenario
-from harness.config import GUEST_IP, Config, Phase
-from harness.guest import Guest
-from harness.lab import Lab
-from harness.pytest_plugin import RunFactory
+from harness.guest.spec import Guest
+from harness.run import scenario
+from harness.run.config import GUEST_IP, Config, Phase
+from harness.run.lab import Lab
+from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice
 from tests.support import REPO
 

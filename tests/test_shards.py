@@ -1,4 +1,4 @@
-"""Shards (harness.shards): which work a shard takes, and the merge of record directories.
+"""Shards (harness.campaign.shards): which work a shard takes, and the merge of record directories.
 Pure logic on records written to disk; the merge of real shards is in test_chain.py."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.campaign.measure import Plan, shape, write_record
+from harness.campaign.shards import Shard, merge, parse_shard, write_manifest
 from harness.errors import UsageError
-from harness.measure import Plan, shape, write_record
 from harness.record import RunRecord
-from harness.shards import Shard, merge, parse_shard, write_manifest
 from tests.support import one_line_error, run_tapmig
 
 A, B = "/opt/a/qemu-system-x86_64", "/opt/b/qemu-system-x86_64"

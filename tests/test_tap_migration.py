@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.capabilities import Capabilities
-from harness.config import Config, Phase
-from harness.guest import Guest
-from harness.lab import Lab
-from harness.pytest_plugin import RunFactory
+from harness.guest.spec import Guest
+from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
+from harness.run.config import Config, Phase
+from harness.run.lab import Lab
+from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice, Mode
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]

@@ -27,13 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import flows, tcp_stream
-from harness.capabilities import Capabilities
-from harness.config import GUEST_IP, Config, FaultHook, Phase
-from harness.guest import HELPER, Guest, cpio_newc
-from harness.lab import Lab
-from harness.pytest_plugin import RunFactory
+from harness.analysis import flows
+from harness.guest.embedded import cpio_newc
+from harness.guest.spec import HELPER, Guest
+from harness.probes import driver
+from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
+from harness.run.config import GUEST_IP, Config, FaultHook, Phase
+from harness.run.lab import Lab
+from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice, Mode
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
@@ -260,7 +262,7 @@ def test_a_detached_queue_fails_the_run_naming_it(
 def reset_from_host(phase: Phase, lab: Lab) -> None:
     if phase == "resumed":
         subprocess.run([*lab.ns.exec_prefix(), "ss", "-K", "dst", GUEST_IP, "dport", "=",
-                        f":{tcp_stream.PORT}"], check=True, capture_output=True, timeout=10)
+                        f":{driver.TCP_PORT}"], check=True, capture_output=True, timeout=10)
 
 
 def kill_guest_end(phase: Phase, lab: Lab) -> None:

@@ -1,4 +1,4 @@
-"""Leak and drift statistics (harness.trend): Theil-Sen with Sen's interval, and the rules
+"""Leak and drift statistics (harness.analysis.trend): Theil-Sen with Sen's interval, and the rules
 that turn a chain's per-hop series into flags. Pure logic, on synthetic series whose
 true slope is known."""
 
@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from harness.chain_report import chain_summaries
+from harness.analysis.trend import MIN_TREND, RSS_LEAK_KIB, findings, theil_sen
 from harness.record import RunRecord
-from harness.trend import MIN_TREND, RSS_LEAK_KIB, findings, theil_sen
+from harness.report.chain_summary import chain_summaries
 
 
 def test_exact_line_has_its_slope_and_a_zero_width_interval() -> None:

@@ -2,7 +2,7 @@
 check, and the /proc scanner for child processes (children() is the plugin's, which its
 leak check uses).
 
-The pytest fixtures live in harness.pytest_plugin (for any project) and the repo's
+The pytest fixtures live in harness.testing.plugin (for any project) and the repo's
 conftest.py (for this suite only); this module holds plain functions.
 """
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.pytest_plugin import children, stat_fields
+from harness.testing.plugin import children, stat_fields
 
 __all__ = ["REPO", "children", "cmdline", "one_line_error", "run_tapmig", "stat_fields"]
 
@@ -26,7 +26,7 @@ def run_tapmig(*args: str, timeout: float = 60, cwd: Path = REPO,
                input: str | None = None) -> subprocess.CompletedProcess[str]:
     """`tapmig ARGS` as a real subprocess of this interpreter; `env` is laid over
     the current environment."""
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], cwd=cwd,
                           env={**os.environ, **env} if env is not None else None,
                           input=input, capture_output=True, text=True, timeout=timeout,
                           check=False)

@@ -1,0 +1,324 @@
+"""The traffic of a run besides ICMP: K UDP flows, a TCP connection, per-queue counts.
+
+One ICMP flow hashes to one TAP queue, and with one vCPU the guest uses one
+queue pair anyway, so a series that mis-attached the other queues' fds would
+pass. So, across each migration hop, alongside the ICMP prober:
+- K UDP flows on distinct ports, which the TAP spreads over its queues; each
+  must recover, and each has its own blackout (harness.analysis.flows);
+- a TCP connection with sequence-numbered data both ways, which must carry
+  every byte once and in order (harness.analysis.tcp_stream);
+- the guest's per-queue counters on the source before, and on the target after,
+  where fresh flows (new to the TAP's flow table) must each be answered and every
+  live queue pair must carry packets both ways (harness.analysis.queues).
+The guest end is tapmig-guest (UDP echo, queue counters) and busybox nc.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from harness.analysis import flows, ping, queues, tcp_stream
+from harness.errors import TapmigError, Unsupported, UsageError
+from harness.guest.spec import HELPER
+from harness.probes import driver
+from harness.qemu.vm import VM
+from harness.record import RunRecord
+from harness.report import timeline
+from harness.run.config import EPSILON_MS, GUEST_IP, Config
+
+if TYPE_CHECKING:
+    from harness.run.lab import Lab
+
+UDP_PORT = flows.GUEST_PORT  # flow i on UDP_PORT + i, fresh flow i on UDP_PORT + K + i
+SPORT = 47000  # the host's source port of flow i: SPORT + i
+FRESH_SPORT, FRESH_PORTS = 48000, 16000  # the fresh flows' source ports: 48000-63999
+FRESH_COUNT = 20  # requests per fresh flow on the target
+FRESH_INTERVAL = 0.01
+MAX_FLOWS = 64
+# Up to the line's end: the console may deliver "TAPMIG-LACKS-tapmig" before "-guest".
+LACKS = r"TAPMIG-LACKS-([\w-]+)\r?\n|TAPMIG-HAS-ALL"
+
+
+def check_config(cfg: Config) -> None:
+    """The traffic options, refused in one line before anything starts."""
+    if not 1 <= cfg.vcpus <= 64:
+        raise UsageError(f"--vcpus {cfg.vcpus} is out of range; use 1 to 64")
+    if not 0 <= cfg.flows <= MAX_FLOWS:
+        raise UsageError(f"--flows {cfg.flows} is out of range; use 0 (none) to {MAX_FLOWS}")
+    if cfg.flows and not 0.0002 <= cfg.flow_interval / cfg.flows <= 10:
+        raise UsageError(f"flow interval {cfg.flow_interval:g} s for {cfg.flows} flows is "
+                         "out of range; keep all flows together under 5000 requests/s")
+
+
+def resolve_vcpus(value: int | str, queues: int) -> int:
+    """--vcpus N, or "queues": one vCPU per queue pair, so that every queue is live."""
+    return queues if value == "queues" else int(value)
+
+
+def table_rows(rec: RunRecord) -> list[tuple[str, str]]:
+    """The run table's lines for the traffic figures, where the run had them."""
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:g} ms"
+
+    rows = []
+    if rec.queues_live is not None:
+        carried = {True: "yes", False: "NO", None: "-"}[rec.queues_all_carried]
+        cpus = f"{rec.vcpus} vCPU{'s' if rec.vcpus != 1 else ''}"
+        rows.append(("queues live", f"{rec.queues_live} of {rec.queues} ({cpus}); "
+                                    f"all carried traffic on the target: {carried}"))
+    if rec.flows:
+        rows.append((f"{rec.flows} UDP flows", f"worst blackout {ms(rec.flow_blackout_ms)}, "
+                     f"best {ms(rec.flow_blackout_min_ms)} (spread {ms(rec.flow_spread_ms)}); "
+                     f"lost {rec.flow_lost if rec.flow_lost is not None else '-'}"))
+    if rec.tcp != "off":
+        rto = {True: "yes", False: "no", None: "-"}[rec.tcp_rto]
+        rows.append((f"TCP ({rec.tcp})", f"stall {ms(rec.tcp_stall_ms)}, retransmissions "
+                     f"{rec.tcp_retrans if rec.tcp_retrans is not None else '-'}, RTO {rto}"))
+    return rows
+
+
+def epsilon_ms(lab: Lab) -> float:
+    return lab.cfg.epsilon_ms if lab.cfg.epsilon_ms is not None else EPSILON_MS[lab.accel]
+
+
+def needed_tools(cfg: Config) -> list[str]:
+    return ([HELPER] if cfg.flows else []) + (["nc"] if cfg.tcp != "off" else [])
+
+
+def start_servers(lab: Lab, vm: VM) -> queues.QueueCounts | None:
+    """Once per guest: its UDP echo and TCP echo; the queue reading before any probe.
+    A guest without the tools a check needs is refused in one line, never skipped."""
+    cfg = lab.cfg
+    tools = needed_tools(cfg)
+    if not tools:
+        return None
+    probe = " ".join(tools)
+    # A path must be executable; busybox's own applets come back as bare names.
+    m = vm.run_console(f'for t in {probe}; do p=$(command -v $t) && case $p in /*) [ -x "$p" ]'
+                       f';; esac || echo TAPMIG-LACKS-"$t"; done; echo TAPMIG-HAS-"ALL"', LACKS)
+    if m.group(1):
+        option = "--flows 0" if m.group(1) == HELPER else "--tcp off"
+        raise Unsupported(f"guest {lab.guest.name} has no {m.group(1)}, which the traffic "
+                          f"checks need: use the embedded guest, or {option}")
+    if cfg.tcp != "off":
+        # At real-time priority where tapmig-guest is there: see harness/guest/helper.c.
+        fifo = f"{HELPER} fifo " if HELPER in tools else ""
+        vm.type(f"{fifo}nc -ll -p {driver.TCP_PORT} -e cat &\n")
+    if not cfg.flows:
+        vm.run_console('echo TAPMIG-TCP-"UP"', "TAPMIG-TCP-UP")
+        return None
+    # One line, one round trip of the (slow, under TCG) console: the echo, then the
+    # counters before any probe.
+    return read_queues(vm, before=f"{HELPER} echo {UDP_PORT} {2 * cfg.flows} && ")
+
+
+class FlowProbe(driver.ProbeProcess):
+    name = "flow probe"
+
+    def __init__(self, log: Path, prefix: list[str], count: int, interval: float,
+                 first: int = 0, sport: int = SPORT, requests: int | None = None) -> None:
+        argv = [*prefix, sys.executable, "-m", "harness.probes.flow", "-k", str(count),
+                "-i", f"{interval:g}", "--port", str(UDP_PORT + first), "--sport", str(sport)]
+        if requests is not None:
+            argv += ["--count", str(requests)]
+        super().__init__([*argv, GUEST_IP], log)
+
+
+class LogTail:
+    """The replies a probe has logged since the last look, while it still writes."""
+
+    def __init__(self, path: Path, reply: re.Pattern[str],
+                 who: Callable[[re.Match[str]], int]) -> None:
+        self.path, self.reply, self.who = path, reply, who
+        self.pos, self.partial = 0, ""
+
+    def replies(self) -> Iterator[tuple[int, float]]:
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            data = f.read()
+        self.pos += len(data)
+        *lines, self.partial = (self.partial + data.decode(errors="replace")).split("\n")
+        for line in lines:
+            if m := self.reply.match(line):
+                yield self.who(m), float(m["ts"])
+
+
+@dataclass
+class HopLogs:
+    ping: str
+    flows: str | None
+    tcp: str | None
+    source_queues: queues.QueueCounts | None  # the source's counters over the settle time
+    recovered: float | None  # when ICMP and the last flow answered again after RESUME
+    suffix: str  # "" for the first hop, "-2" for the second ...
+
+
+class HopProbes:
+    """Every probe of one hop, started together, stopped together, killed on any error."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.suffix = "" if lab.hop == 0 else f"-{lab.hop + 1}"
+        self.stack = ExitStack()
+        self.source_queues: queues.QueueCounts | None = None
+        self.pinger: driver.Pinger | None = None
+        self.flows: FlowProbe | None = None
+        self.tcp: driver.TcpStream | None = None
+
+    def path(self, stem: str, ext: str = "log") -> Path:
+        return self.lab.rundir / f"{stem}{self.suffix}.{ext}"
+
+    def __enter__(self) -> Self:
+        cfg, prefix = self.lab.cfg, self.lab.ns.exec_prefix()
+        with ExitStack() as stack:
+            self.pinger = stack.enter_context(driver.Pinger(
+                GUEST_IP, self.path("ping"), prefix, cfg.ping_interval, cfg.prober))
+            if cfg.flows:
+                self.flows = stack.enter_context(FlowProbe(
+                    self.path("flows"), prefix, cfg.flows, cfg.flow_interval))
+            if cfg.tcp != "off":
+                self.tcp = stack.enter_context(driver.TcpStream(
+                    GUEST_IP, self.path("tcp"), prefix, cfg.tcp))
+            self.stack = stack.pop_all()
+        return self
+
+    def wait_recovered(self, resume: float) -> float | None:
+        """Wait until ICMP and every flow answered after RESUME; when the last one
+        did, or None if one had not within recover_timeout. A slow target (TCG on a
+        busy host) then gets its whole tail to show whether each flow is healthy."""
+        tails = [LogTail(self.path("ping"), ping.REPLY, lambda m: -1)]
+        if self.flows is not None:
+            tails.append(LogTail(self.path("flows"), flows.REPLY, lambda m: int(m["flow"])))
+        waiting = {-1, *range(self.lab.cfg.flows if self.flows is not None else 0)}
+        last = resume
+        deadline = time.monotonic() + self.lab.cfg.recover_timeout
+        while waiting:
+            for tail in tails:
+                for who, ts in tail.replies():
+                    if ts > resume and who in waiting:
+                        waiting.discard(who)
+                        last = max(last, ts)
+            if waiting and time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+        return last
+
+    def read_source(self, vm: VM) -> None:
+        """The source's counters after the settle time: which queues it used since the
+        last reading (the servers' start, or the previous hop's check)."""
+        if self.lab.queue_baseline is not None:
+            self.source_queues = read_queues(vm).since(self.lab.queue_baseline)
+
+    def stop(self, recovered: float | None) -> HopLogs:
+        """Every probe's log. A prober that died on its own fails the run; the TCP one
+        ends itself on a broken connection, which its log tells."""
+        assert self.pinger is not None
+        text = self.pinger.stop()
+        flow_text = self.flows.stop() if self.flows is not None else None
+        tcp_text = self.tcp.finish()[0] if self.tcp is not None else None
+        return HopLogs(text, flow_text, tcp_text, self.source_queues, recovered, self.suffix)
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stack.close()
+
+
+def record_hop(lab: Lab, rec: RunRecord, logs: HopLogs, icmp: ping.PingLog) -> None:
+    """The hop's flow, TCP and queue figures into the record, the timeline drawn; then
+    a flow that did not recover or a broken TCP connection fails the run."""
+    assert rec.stop_ts is not None and rec.resume_ts is not None
+    stop, resume = rec.stop_ts, rec.resume_ts
+    rec.vcpus, rec.flows, rec.tcp = lab.cfg.vcpus, lab.cfg.flows, lab.cfg.tcp
+    sent = ping.send_times(icmp)
+    answered = {p.seq for p in icmp.lines if p.rtt_ms is not None}
+    rec.lost_when = flows.when_lost([t for s, t in sent.items() if s not in answered
+                                     and s <= max(answered, default=0)], (stop, resume))
+    summary = tcp = None
+    if logs.source_queues is not None:
+        rec.queues_live = logs.source_queues.live
+        rec.queue_packets["before"] = logs.source_queues.to_json()
+    # A flow's health is judged on what it is sent once every flow answered again
+    # (the tail after that is tail_s long); if one never did, from RESUME + epsilon.
+    settled = logs.recovered or resume + epsilon_ms(lab) / 1000
+    flow_log = flows.parse(logs.flows) if logs.flows is not None else None
+    tcp_log = tcp_stream.parse(logs.tcp) if logs.tcp is not None else None
+    if flow_log is not None:
+        summary = flows.analyze(flow_log, (stop, resume), settled, logs.source_queues)
+        _record_flows(rec, summary)
+    if tcp_log is not None:
+        tcp = tcp_stream.analyze(tcp_log, (stop, settled))
+        rec.tcp_stall_ms, rec.tcp_retrans, rec.tcp_rto = tcp.stall_ms, tcp.retrans, tcp.rto
+        rec.tcp_detail = tcp.to_json()
+    page = timeline.draw(rec, icmp, flow_log, tcp_log)
+    (lab.rundir / f"timeline{logs.suffix}.html").write_text(page)
+    if summary is not None:
+        flows.check_recovered(summary, lab.cfg.vcpus)
+    if tcp is not None:
+        tcp_stream.check(tcp, lab.cfg.tcp)
+
+
+def _record_flows(rec: RunRecord, summary: flows.FlowsSummary) -> None:
+    rec.flow_blackout_ms, rec.flow_blackout_min_ms = summary.worst_ms, summary.best_ms
+    rec.flow_spread_ms = summary.spread_ms
+    rec.flow_lost, rec.flow_late = summary.lost, summary.late
+    rec.flow_detail = [r.to_json() for r in summary.flows]
+
+
+def verify_target(lab: Lab, rec: RunRecord) -> None:
+    """On the target: fresh flows, which the TAP has never seen, are each answered,
+    and every live queue pair carries packets both ways."""
+    if not lab.cfg.flows:
+        return
+    vm = lab.source
+    assert vm is not None
+    before = read_queues(vm)
+    text = fresh_flows(lab)
+    after = read_queues(vm)
+    lab.queue_baseline = after  # the next hop of a chain counts from here
+    delta = after.since(before)
+    rec.queue_packets["after"] = delta.to_json()
+    rec.queues_all_carried = not delta.silent()
+    fresh = flows.analyze(flows.parse(text), (0.0, 0.0), 0.0, after)
+    rec.checks["fresh_flows"] = [{"flow": r.flow, "port": r.port, "queue": r.queue,
+                                  "sent": r.sent, "answered": r.answered} for r in fresh.flows]
+    flows.check_recovered(fresh, lab.cfg.vcpus, what="from the target", name="fresh flow")
+    queues.check_every_queue(delta, "on the target")
+
+
+def fresh_flows(lab: Lab) -> str:
+    """K flows from source ports the TAP has not seen (new ones each hop of a chain),
+    FRESH_COUNT requests each; the prober's log."""
+    sport = FRESH_SPORT + (lab.hop * lab.cfg.flows) % FRESH_PORTS
+    timeout = 30 + FRESH_COUNT * FRESH_INTERVAL
+    with FlowProbe(lab.rundir / "fresh-flows.log", lab.ns.exec_prefix(), lab.cfg.flows,
+                   FRESH_INTERVAL, first=lab.cfg.flows, sport=sport,
+                   requests=FRESH_COUNT) as probe:
+        assert probe.proc is not None
+        try:
+            probe.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TapmigError(f"the fresh-flow probe did not finish within {timeout:g} s"
+                              ) from None
+        text, status = probe.finish()
+    if status != 0:
+        raise TapmigError(f"the fresh-flow probe failed with status {status}: "
+                          f"{(text.strip().splitlines() or ['no output'])[-1]}")
+    return text
+
+
+def read_queues(vm: VM, iface: str = "eth0", timeout: float = 20.0,
+                before: str = "") -> queues.QueueCounts:
+    """The guest's counters now, typed into its console shell (after `before`, a
+    command prefix that must succeed first)."""
+    m = vm.run_console(f"{before}{HELPER} queues {iface}", queues.WHOLE_LINE, failure=queues.FAILED,
+                       timeout=timeout)
+    return queues.QueueCounts.parse(m.group(0))

@@ -1,0 +1,203 @@
+"""tapmig as a pytest plugin (entry point `pytest11: tapmig`), for any project's tests.
+
+Options: `--qemu PATH` (repeatable; default $TAPMIG_QEMU, an os.pathsep-separated
+list, or qemu-system-x86_64), `--accel auto|kvm|tcg` (default $TAPMIG_ACCEL or
+auto), `--tapmig-records DIR`. Every test that asks for `tapmig_qemu` runs once per
+QEMU. Fixtures:
+
+    tapmig_qemu           the QEMU binary under test (parametrized per --qemu)
+    tapmig_capabilities   what it can do, from QMP introspection (session-wide)
+    tapmig_guest          the embedded guest, built once and cached
+    tapmig_accel          the accelerator asked for: auto, kvm or tcg
+    tapmig_run            a factory: Config -> RunRecord, kept in --tapmig-records
+    tapmig_namespace      a private network namespace (harness.host.netns.Namespace)
+    tapmig_root_with_tun  skips, naming why, where this host cannot run a migration
+    tapmig_leak_check     fails a test that leaves a namespace, shm file, run dir or
+                          child process behind; not autouse, request it as you like
+
+Marker: `kvm`, for tests that boot real guests (KVM where it works, else TCG).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.cache import default_cache
+from harness.errors import HostError, UsageError
+from harness.guest.embedded import build_embedded
+from harness.guest.spec import Guest
+from harness.host import reaper, rootless
+from harness.host.devices import tun_problem
+from harness.host.netns import Namespace
+from harness.qemu.capabilities import Capabilities, query_capabilities
+from harness.record import RunRecord
+from harness.run import scenario
+from harness.run.config import Config
+from harness.vocabulary import ACCEL_CHOICES, AccelChoice, as_accel_choice
+
+RunFactory = Callable[[Config], RunRecord]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tapmig")
+    group.addoption("--qemu", action="append", default=[],
+                    help="QEMU binary under test; repeat to test several "
+                         "(default: $TAPMIG_QEMU or qemu-system-x86_64)")
+    group.addoption("--accel", default=os.environ.get("TAPMIG_ACCEL", "auto"),
+                    choices=ACCEL_CHOICES,
+                    help="accelerator for guest-booting tests (default: $TAPMIG_ACCEL or auto)")
+    group.addoption("--tapmig-records", type=Path, default=None,
+                    help="also write each migration's run record (JSON) into this directory")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "kvm: boots real guests under QEMU (KVM where usable, else TCG)")
+    try:  # argparse checks --accel's value, not a default from $TAPMIG_ACCEL
+        as_accel_choice(str(config.getoption("--accel")))
+    except UsageError as exc:
+        raise pytest.UsageError(f"$TAPMIG_ACCEL: {exc}") from exc
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) -> None:
+    """Refuse `--qemu PATH` where pytest let PATH choose its rootdir or config file.
+
+    pytest picks those from the paths on the command line before it loads plugins,
+    so it reads the PATH of a plugin option written with a space as a test path
+    (pytest-dev/pytest#8846). When the result still finds a config file above the
+    working directory, no harm is done; otherwise the run would use the wrong or no
+    config (testpaths, markers) and write .pytest_cache next to the QEMU binary.
+    """
+    root, here = early_config.rootpath, early_config.invocation_params.dir
+    if early_config.inipath is not None and here.is_relative_to(root):
+        return
+    for word, value in itertools.pairwise(args):
+        if word == "--qemu" and Path(value).exists():
+            raise pytest.UsageError(
+                f"pytest took {root} for its rootdir from `--qemu {value}` (it reads a "
+                f"plugin's options only after choosing it); write --qemu={value}")
+
+
+def qemus(config: pytest.Config) -> list[str]:
+    """The QEMU binaries under test: --qemu, else $TAPMIG_QEMU, else the one on PATH."""
+    given: list[str] = config.getoption("--qemu")
+    if given:
+        return given
+    env = os.environ.get("TAPMIG_QEMU")
+    return env.split(os.pathsep) if env else ["qemu-system-x86_64"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "tapmig_qemu" in metafunc.fixturenames:
+        binaries = qemus(metafunc.config)
+        ids = [Path(b).name if len(binaries) == 1 else f"qemu{i}"
+               for i, b in enumerate(binaries)]
+        metafunc.parametrize("tapmig_qemu", binaries, ids=ids, scope="session")
+
+
+@pytest.fixture(scope="session")
+def tapmig_capabilities(tapmig_qemu: str) -> Capabilities:
+    return query_capabilities(tapmig_qemu)
+
+
+@pytest.fixture(scope="session")
+def tapmig_guest() -> Guest:
+    """The embedded guest; skips, naming why, on a host that cannot build it (no apt)."""
+    try:
+        return build_embedded(default_cache())
+    except HostError as exc:
+        pytest.skip(f"cannot build the embedded guest here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tapmig_accel(pytestconfig: pytest.Config) -> AccelChoice:
+    return as_accel_choice(str(pytestconfig.getoption("--accel")))
+
+
+def host_problem(need_tun: bool) -> str | None:
+    """Why this host cannot give a test namespaces (and TAPs), or None."""
+    if not rootless.privileged():
+        return f"needs root for network namespaces and TAPs (running as uid {os.geteuid()})"
+    if shutil.which("nsenter") is None:
+        return "nsenter (util-linux) is missing: it runs programs inside the namespace"
+    return tun_problem() if need_tun else None
+
+
+@pytest.fixture(scope="session")
+def tapmig_root_with_tun() -> None:
+    """Skip, naming the reason, where a migration cannot run: no root, no nsenter, or a
+    /dev/net/tun this user cannot open (e.g. crw------- root on a host without udev)."""
+    if why := host_problem(need_tun=True):
+        pytest.skip(why)
+
+
+@pytest.fixture
+def tapmig_namespace() -> Iterator[Namespace]:
+    """A fresh network namespace with only lo up, removed whatever the test does."""
+    if why := host_problem(need_tun=False):
+        pytest.skip(why)
+    with Namespace() as ns:
+        yield ns
+
+
+@pytest.fixture
+def tapmig_run(request: pytest.FixtureRequest,
+               tapmig_root_with_tun: None) -> RunFactory:
+    """Run one migration per call; with --tapmig-records, keep each record there,
+    named after the test."""
+    records: Path | None = request.config.getoption("--tapmig-records")
+    stem = re.sub(r"[^\w.-]+", "_", request.node.name)
+    count = itertools.count(1)
+
+    def run(cfg: Config) -> RunRecord:
+        rec = scenario.run(cfg, log=print)
+        if records is not None:
+            n = next(count)
+            records.mkdir(parents=True, exist_ok=True)
+            rec.write(records / (f"{stem}.json" if n == 1 else f"{stem}-{n}.json"))
+        return rec
+
+    return run
+
+
+def stat_fields(pid: int | str) -> tuple[str, list[str]] | None:
+    """A process's command name and the fields after it in /proc/PID/stat (the state
+    is [0], the parent [1], the start time [19]), or None once it is gone."""
+    try:
+        head, rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+    except (OSError, ValueError):
+        return None
+    return head.split("(", 1)[1], rest.split()
+
+
+def children(ppid: int) -> set[tuple[int, str]]:
+    """The direct children of `ppid` (zombies included) as (pid, command name)."""
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = stat_fields(entry.name)
+        if stat is not None and stat[1][1] == str(ppid):
+            found.add((int(entry.name), stat[0]))
+    return found
+
+
+@pytest.fixture
+def tapmig_leak_check() -> Iterator[None]:
+    """Fail the test that leaves a namespace, shm file, run dir or child process of
+    this pytest behind (only what this process owns, so parallel workers do not
+    blame each other)."""
+    me = os.getpid()
+    before = set(reaper.leftovers(me))
+    kids_before = children(me)
+    yield
+    leaked = sorted(set(reaper.leftovers(me)) - before)
+    kids = sorted(children(me) - kids_before)
+    if leaked or kids:
+        pytest.fail(f"test leaked: {leaked + [f'process {pid} ({comm})' for pid, comm in kids]}")
