@@ -1,23 +1,33 @@
 """The one tree of errors tapmig raises, in the manner of qemu.qmp's error.py.
 
-    TapmigError            every failure a user can act on; its first line says what to do
-     +-- UsageError        bad input: an option, a path, a file that is not what it should be
-     +-- HostError         this host cannot run it (no root, no /dev/net/tun, no ping ...)
-     +-- Unsupported       this QEMU or host lacks what the variant needs; .reason names it
-     +-- QEMUError         a QEMU process failed: .side, .exit_status, .stderr_tail, .console_tail
-     |    +-- QMPCommandError   QEMU refused a command: .command, .error_class, .desc
-     +-- MigrationError    a migration ended badly: .side, .status, .error_desc
-     +-- CheckFailed       the migration completed but a check of the network failed
+    class                    exit  fields: what it is
+    TapmigError                 1  (message): every failure a user can act on
+     +-- UsageError             2  (message): bad input, an option, a path, a file
+     +-- HostError              2  (message): this host cannot run it (no root, no ping ...)
+     +-- Unsupported            2  reason: this QEMU or host lacks what the variant needs
+     +-- QEMUError              1  side, exit_status, stderr_tail, console_tail: a QEMU
+     |    |                        process failed
+     |    +-- QMPCommandError   1  command, error_class, desc, and QEMUError's: QEMU refused
+     +-- MigrationError         1  side, status, error_desc: a migration ended badly
+     +-- CheckFailed            1  check: the migration completed, a network check failed
+     +-- ProbeFailed            1  probe, status, last_line, early, timeout_s: a prober failed
+     +-- InternalError         70  invariant: a bug in tapmig, an invariant of its own broke
+
+Exit codes: 1 a failure, 2 bad input (nothing was started), 70 a bug in tapmig (EX_SOFTWARE
+of sysexits.h, so that a broken invariant is never mistaken for bad input or for a failed
+run). 3 is kept for an inconclusive outcome. 130 is an interrupt, which is no error class.
 
 Each class carries the exit code the CLI returns for it, so `tapmig` and `ci/build-qemu`
-never decide an exit code from a message. Tests assert on the attributes, not the text.
+never decide an exit code from a message. The first line of every message says what
+happened (and, for exit 2, what to do); later lines are detail. The message is made for
+people: tests assert on the fields, never on the text, where the error has fields.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 
@@ -52,6 +62,8 @@ class Unsupported(TapmigError):
 class QEMUError(TapmigError):
     """A QEMU process failed: died, hung, or its monitor went away."""
 
+    exit_code = EXIT_FAILED
+
     def __init__(self, message: str, side: str, exit_status: int | None = None,
                  stderr_tail: str = "", console_tail: str = "") -> None:
         super().__init__(message)
@@ -64,6 +76,8 @@ class QEMUError(TapmigError):
 class QMPCommandError(QEMUError):
     """QEMU refused a QMP command; error_class and desc are QEMU's own words."""
 
+    exit_code = EXIT_FAILED
+
     def __init__(self, side: str, command: str, error_class: str, desc: str) -> None:
         super().__init__(f"{side}: {command} failed: {error_class}: {desc}", side)
         self.command = command
@@ -73,6 +87,8 @@ class QMPCommandError(QEMUError):
 
 class MigrationError(TapmigError):
     """A migration did not complete, or left the VMs in the wrong run states."""
+
+    exit_code = EXIT_FAILED
 
     def __init__(self, message: str, side: str, status: str, error_desc: str = "") -> None:
         super().__init__(message)
@@ -84,6 +100,47 @@ class MigrationError(TapmigError):
 class CheckFailed(TapmigError):
     """The migration completed, but the network did not behave as promised."""
 
+    exit_code = EXIT_FAILED
+
     def __init__(self, message: str, check: str) -> None:
         super().__init__(message)
         self.check = check
+
+
+class ProbeFailed(TapmigError):
+    """A prober failed, so its log cannot be trusted as a measurement.
+
+    status is its exit status, or None when it had not finished after timeout_s seconds;
+    early says it exited before tapmig stopped it (a log with a hole in it); last_line is
+    the last line it wrote, usually its own reason.
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, probe: str, status: int | None, last_line: str, *,
+                 early: bool = False, timeout_s: float | None = None) -> None:
+        if status is None:  # still running: its log so far may not say why
+            what = f"did not finish within {timeout_s:g} s" if timeout_s else "did not finish"
+            said = f": {last_line}" if last_line else ""
+        else:
+            what = f"{'exited early' if early else 'failed'} with status {status}"
+            said = f": {last_line or 'no output'}"
+        super().__init__(f"{probe} {what}{said}")
+        self.probe = probe
+        self.status = status
+        self.last_line = last_line
+        self.early = early
+        self.timeout_s = timeout_s
+
+
+class InternalError(TapmigError):
+    """An invariant of tapmig's own code broke: a bug to report, not the user's doing.
+
+    invariant says what should have held, e.g. "a VM is launched at most once".
+    """
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, invariant: str) -> None:
+        super().__init__(f"internal error (a bug in tapmig): {invariant}")
+        self.invariant = invariant

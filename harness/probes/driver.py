@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from harness.errors import HostError, TapmigError, UsageError
+from harness.errors import HostError, ProbeFailed, UsageError
 from harness.proc import die_with_parent
 from harness.vocabulary import PROBERS, Prober, TcpPattern
 
@@ -47,6 +47,11 @@ def ping_once(prefix: Sequence[str], target: str, timeout_s: int = 2) -> bool:
                           target], capture_output=True, timeout=timeout_s + 10)
     return res.returncode == 0
 
+
+def last_line(log: str) -> str:
+    """A prober's last word, usually why it stopped; "" for an empty log."""
+    lines = log.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 class ProbeProcess:
@@ -82,11 +87,11 @@ class ProbeProcess:
         return self.log.read_text(errors="replace"), died
 
     def stop(self) -> str:
-        """Stop and return the log; raises if the probe died on its own before."""
+        """Stop and return the log; ProbeFailed if the probe had ended on its own, since
+        its log then has a hole that would read as an outage."""
         text, died = self.finish()
         if died is not None:
-            last_line = (text.strip().splitlines() or ["no output"])[-1]
-            raise TapmigError(f"{self.name} exited early with status {died}: {last_line}")
+            raise ProbeFailed(self.name, died, last_line(text), early=True)
         return text
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from harness.analysis import flows, ping, queues, tcp_stream
-from harness.errors import TapmigError, Unsupported, UsageError
+from harness.errors import ProbeFailed, Unsupported, UsageError
 from harness.guest.spec import HELPER
 from harness.probes import driver
 from harness.qemu.vm import VM
@@ -306,12 +306,10 @@ def fresh_flows(lab: Lab) -> str:
         try:
             probe.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise TapmigError(f"the fresh-flow probe did not finish within {timeout:g} s"
-                              ) from None
+            raise ProbeFailed("the fresh-flow probe", None, "", timeout_s=timeout) from None
         text, status = probe.finish()
     if status != 0:
-        raise TapmigError(f"the fresh-flow probe failed with status {status}: "
-                          f"{(text.strip().splitlines() or ['no output'])[-1]}")
+        raise ProbeFailed("the fresh-flow probe", status, driver.last_line(text))
     return text
 
 
