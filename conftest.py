@@ -17,6 +17,7 @@ from harness.qemu import accel
 from harness.qemu.capabilities import Capabilities
 from harness.run.config import Config
 from harness.run.lab import Lab
+from harness.run.setup import Setup
 from harness.vocabulary import AccelChoice
 
 # tapmig_installed: this checkout's wheel in a fresh venv, for tests of the package.
@@ -46,10 +47,10 @@ def lab(lab_config: Config, tapmig_capabilities: Capabilities, tapmig_guest: Gue
     """The bench of one run for driving the scenario's phases or QEMU by hand: the
     namespace with its TAPs (tap0, and tap1 for new-TAP), the run dir and the RAM
     file, no QEMU yet. Torn down as a run tears it down."""
-    accel_name, _ = accel.choose(tapmig_accel, tapmig_capabilities.qemu, tapmig_guest,
-                                 lab_config.cache, log=lambda _m: None)
+    accel_name, reason = accel.choose(tapmig_accel, tapmig_capabilities.qemu, tapmig_guest,
+                                      lab_config.cache, log=lambda _m: None)
+    setup = Setup(tapmig_capabilities, tapmig_guest, accel_name, reason)
     with ExitStack() as stack:
-        bench = Lab(lab_config, tapmig_capabilities, tapmig_guest, accel_name, stack,
-                    log=print)
+        bench = Lab(lab_config, setup, stack, log=print)
         bench.add_taps()
         yield bench

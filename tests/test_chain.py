@@ -25,9 +25,10 @@ from harness.host import reaper
 from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
 from harness.report.chain_summary import chain_summaries
-from harness.run.chain import Chain, Runner
-from harness.run.config import Config, Phase
+from harness.run.chain import Chain, ChainRun
+from harness.run.config import Config
 from harness.run.lab import Lab
+from harness.run.observer import Observer, Phase
 from harness.vocabulary import AccelChoice, Mode
 from tests.support import REPO, run_tapmig
 
@@ -43,11 +44,12 @@ EPSILON_MS = 1000.0
 
 
 def run_chain(caps: Capabilities, guest: Guest, accel: AccelChoice, out: Path, mode: Mode,
-              hops: int, **cfg: object) -> list[RunRecord]:
+              hops: int, fault: Observer[Lab] | None = None, **cfg: object) -> list[RunRecord]:
     recs: list[RunRecord] = []
     config = Config(qemu=caps.qemu, mode=mode, accel=accel, guest=guest, out=out,
                     epsilon_ms=EPSILON_MS, **cfg)  # type: ignore[arg-type]
-    Runner(Chain.new(config, hops, f"test-{mode}"), recs.append, print).run()
+    ChainRun(Chain.new(config, hops, f"test-{mode}"), recs.append, print,
+             observers=[fault] if fault is not None else []).run()
     return recs
 
 

@@ -32,8 +32,9 @@ from harness.qemu.capabilities import Capabilities
 from harness.qemu.vm import VM
 from harness.record import RunRecord
 from harness.run import scenario
-from harness.run.config import Config, Phase
+from harness.run.config import Config
 from harness.run.lab import Lab
+from harness.run.observer import Phase
 from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice
 from tests.support import children, cmdline
@@ -85,9 +86,9 @@ def fault_run(tapmig_run: RunFactory, tapmig_qemu: str, tapmig_guest: Guest,
 
     def run(fault: Fault, case: str, timeout_s: float | None = None, **cfg: Any) -> RunRecord:
         rec = tapmig_run(Config(
-            qemu=tapmig_qemu, guest=tapmig_guest, accel=tapmig_accel, queues=1, fault=fault,
+            qemu=tapmig_qemu, guest=tapmig_guest, accel=tapmig_accel, queues=1,
             pause_before_switchover=fault.phase == "switchover", boot_timeout=BOOT_TIMEOUT,
-            **{"migrate_timeout": MIGRATE_TIMEOUT, **cfg}))
+            **{"migrate_timeout": MIGRATE_TIMEOUT, **cfg}), observers=[fault])
         assert fault.at is not None, f"the run ended before {fault.phase}: {rec.error}"
         detected = time.monotonic() - fault.at
         report(case, detected)
@@ -112,7 +113,7 @@ def migrate_with_fault(lab: Lab, strike: Callable[[Lab], Any], case: str) -> Tap
     """The run's phases up to migrate(), with `strike` at pre-switchover: the error
     migrate() raised."""
     fault = Fault("switchover", strike)
-    lab.cfg.fault = fault
+    lab.observers = (fault,)
     scenario.boot_source(lab)
     scenario.start_target(lab)
     with pytest.raises(TapmigError) as caught:
@@ -332,7 +333,7 @@ def test_no_room_for_guest_ram(tapmig_run: RunFactory, tapmig_qemu: str, tapmig_
     """Refused before the guest's RAM file is made, naming the directory, both sizes and
     the way out."""
     rec = tapmig_run(Config(qemu=tapmig_qemu, guest=tapmig_guest, accel=tapmig_accel,
-                            ram_mib=256, shm_dir=tiny_shm))
+                            ram_mib=256), shm_dir=tiny_shm)
     assert rec.duration_s is not None
     report("shm-full", rec.duration_s)
     assert rec.status == "failed"

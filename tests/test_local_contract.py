@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from harness.qemu.vm import VM
 from harness.run import scenario
 from harness.run.config import GUEST_IP, Config
 from harness.run.lab import Lab
+from harness.run.setup import Setup
 from harness.vocabulary import AccelChoice, Interface
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
@@ -44,11 +46,11 @@ def lab(tapmig_capabilities: Capabilities, tapmig_guest: Guest,
     if caps.interface == "none":
         pytest.skip(f"{caps.qemu} ({caps.version}) lacks the series: missing "
                     f"{', '.join(caps.missing_for_local())}")
-    accel_name, _ = accel.choose(tapmig_accel, caps.qemu, tapmig_guest, default_cache(),
-                                 log=lambda _m: None)
+    accel_name, reason = accel.choose(tapmig_accel, caps.qemu, tapmig_guest, default_cache(),
+                                      log=lambda _m: None)
     with ExitStack() as stack:
-        lab = Lab(Config(qemu=caps.qemu, mode="local", queues=4), caps, tapmig_guest,
-                  accel_name, stack, log=print)
+        lab = Lab(Config(qemu=caps.qemu, mode="local", queues=4),
+                  Setup(caps, tapmig_guest, accel_name, reason), stack, log=print)
         lab.add_taps()
         yield lab
 
@@ -175,9 +177,9 @@ def test_local_migration_off_with_local_true(lab: Lab) -> None:
     """The device opts out: the TAP is not sent, so a target waiting with incoming-fds
     fails to load; the source completes, stays stopped, and `cont` brings it back."""
     speaks(lab, "v12")  # the final interface has no device property to opt out with
-    lab.cfg.mode = "new-tap"  # the source device with local-migration=off
+    lab.cfg = replace(lab.cfg, mode="new-tap")  # the source device with local-migration=off
     src = booted_source(lab)
-    lab.cfg.mode = "local"
+    lab.cfg = replace(lab.cfg, mode="local")
     lab.prepare_migration(src)
     assert src.cmd("qom-get", path="/machine/peripheral/nic0",
                    property="local-migration") is False

@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
-from harness.campaign.measure import Plan, measure, parse_modes, prepare_out, write_record
+from harness.campaign.loop import run_campaign
+from harness.campaign.measure import Plan, parse_modes, prepare_out, write_record
 from harness.errors import EXIT_USAGE, TapmigError
 from harness.record import RunRecord
 from harness.report.model import Combination, Report
 from harness.report.summary import build_report, load_report, write_report
 from harness.run.config import Config
+from harness.run.setup import Setup
 from harness.vocabulary import Mode
 from tests.support import REPO, one_line_error, run_tapmig
 
@@ -131,7 +133,7 @@ class Runner:
         self.interrupt_call = interrupt_call
         self.calls: list[tuple[str, str]] = []
 
-    def __call__(self, cfg: Config) -> RunRecord:
+    def __call__(self, cfg: Config, log: Callable[[str], None], setup: Setup | None) -> RunRecord:
         self.calls.append((cfg.qemu, cfg.mode))
         n = len(self.calls)
         if n == self.interrupt_call:
@@ -145,7 +147,7 @@ class Runner:
         else:
             rec.blackout_ms, rec.downtime_ms = 10.0 * n, 5.0 * n
         assert cfg.out is not None
-        cfg.out.mkdir(parents=True)
+        cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / "ping.log").write_text(f"run {n}\n")
         rec.artifacts = {"ping": "ping.log"}
         return rec
@@ -159,7 +161,7 @@ def plan(out: Path, iterations: int = 3, modes: tuple[Mode, ...] = ("new-tap", "
 
 def run_loop(p: Plan, runner: Runner) -> tuple[Any, list[str]]:
     lines: list[str] = []
-    return measure(p, runner, lines.append), lines
+    return run_campaign(p, {}, lines.append, runner), lines
 
 
 def saved(out: Path) -> list[RunRecord]:

@@ -20,8 +20,9 @@ from pyroute2 import IPRoute
 
 from harness.guest.spec import Guest
 from harness.run import scenario
-from harness.run.config import GUEST_IP, Config, Phase
+from harness.run.config import GUEST_IP, Config
 from harness.run.lab import Lab
+from harness.run.observer import Phase
 from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice
 from tests.support import REPO
@@ -127,7 +128,7 @@ def test_private_rundir_and_untouched_root_namespace(tapmig_run: RunFactory, tap
 
     before = root_net()
     rec = tapmig_run(Config(qemu=tapmig_qemu, guest=tapmig_guest, accel=tapmig_accel,
-                            fault=look, pause_before_switchover=True))
+                            pause_before_switchover=True), observers=[look])
     after = root_net()
     assert rec.status == "ok", rec.error
     socket_mode = seen.pop("migration socket")

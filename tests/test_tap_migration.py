@@ -21,8 +21,9 @@ import pytest
 from harness.guest.spec import Guest
 from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
-from harness.run.config import Config, Phase
+from harness.run.config import Config
 from harness.run.lab import Lab
+from harness.run.observer import Phase
 from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice, Mode
 
@@ -93,8 +94,8 @@ def test_migration_keeps_network(tapmig_run: RunFactory, tapmig_qemu: str,
     skip_unless_supported(tapmig_capabilities, mode, vhost)
     clock = Clock()
     rec = tapmig_run(Config(qemu=tapmig_qemu, mode=mode, vhost=vhost, queues=queues,
-                            accel=tapmig_accel, guest=tapmig_guest, out=tmp_path,
-                            fault=clock))
+                            accel=tapmig_accel, guest=tapmig_guest, out=tmp_path),
+                     observers=[clock])
     ended = time.time()
     assert rec.status == "ok", rec.error
     assert (rec.mode, rec.queues, rec.vhost) == (mode, queues, vhost)

@@ -33,8 +33,9 @@ from harness.guest.spec import HELPER, Guest
 from harness.probes import driver
 from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
-from harness.run.config import GUEST_IP, Config, FaultHook, Phase
+from harness.run.config import GUEST_IP, Config
 from harness.run.lab import Lab
+from harness.run.observer import Observer, Phase
 from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice, Mode
 
@@ -158,9 +159,10 @@ def run_traffic(tapmig_run: RunFactory, qemu: str, guest: Guest, accel: AccelCho
     that queue's flows at 23% in 1 of 6 runs at 0.9 ms, never at 10 ms); its window
     check gets a wide slack, as four TCG vCPUs on a busy two-core host can take half
     a second to answer after RESUME; and their boot, minutes."""
+    fault = kwargs.pop("fault", None)
     kwargs = {"epsilon_ms": 1000.0, "boot_timeout": 300.0, "ping_interval": 0.01, **kwargs}
     cfg = Config(qemu=qemu, guest=guest, accel=accel, out=out, **kwargs)  # type: ignore[arg-type]
-    return tapmig_run(cfg)
+    return tapmig_run(cfg, observers=[fault] if fault is not None else [])  # type: ignore[list-item]
 
 
 def reply_queues(out: Path) -> dict[int, set[int]]:
@@ -279,7 +281,7 @@ def kill_guest_end(phase: Phase, lab: Lab) -> None:
                          ids=["host-reset", "guest-end-killed"])
 def test_a_broken_tcp_connection_fails_the_run_naming_it(
         tapmig_run: RunFactory, tapmig_qemu: str, tapmig_guest: Guest,
-        tapmig_accel: AccelChoice, fault: FaultHook, kind: str, tmp_path: Path) -> None:
+        tapmig_accel: AccelChoice, fault: Observer[Lab], kind: str, tmp_path: Path) -> None:
     rec = run_traffic(tapmig_run, tapmig_qemu, tapmig_guest, tapmig_accel, tmp_path,
                       queues=1, flows=0, tcp="continuous", fault=fault)
     assert rec.status == "failed" and rec.failure is not None, rec.error

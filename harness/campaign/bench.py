@@ -17,14 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness.campaign import chains, measure
+from harness.campaign import loop, measure
 from harness.guest.embedded import build_embedded
 from harness.qemu.capabilities import query_capabilities
 from harness.qemu.vm import VM
 from harness.record import RunRecord
 from harness.report.render import render_markdown
-from harness.run.config import Config, Phase
+from harness.run.config import Config
 from harness.run.lab import Lab
+from harness.run.observer import Phase
 from harness.run.scenario import run
 from harness.vocabulary import AccelChoice, Mode
 
@@ -81,8 +82,7 @@ def bench(qemu: str, modes: list[Mode], iterations: int, accel: AccelChoice, cac
             records.setdefault(mode, []).append(rec)
     # One extra run with the switchover held, only to sample memory: it is not timed.
     run(Config(qemu=qemu, mode=modes[0], accel=accel, cache=cache, guest=guest,
-               pause_before_switchover=True, fault=sampler),
-        log=lambda _msg: None)
+               pause_before_switchover=True), log=lambda _msg: None, observers=[sampler])
     for mode, recs in records.items():
         ok = [r for r in recs if r.status == "ok"]
         lines.append(f"{mode}: {len(ok)}/{len(recs)} ok, accelerator "
@@ -175,9 +175,10 @@ def bench_chain(qemu: str, modes: list[Mode], hops: int, accel: AccelChoice, cac
     with tempfile.TemporaryDirectory(prefix=f"tapmig-{os.getpid()}-bench-") as tmp:
         where = out or Path(tmp)
         measure.prepare_out(where)
-        outcome = chains.measure_chains(measure.preflight(measure.Plan(
-            builds=measure.resolve_builds([qemu]), modes=tuple(modes), iterations=1,
-            out=where, accel=accel, cache=cache, hops=hops, **plan), log), log)
+        campaign = measure.Plan(builds=measure.resolve_builds([qemu]), modes=tuple(modes),
+                                iterations=1, out=where, accel=accel, cache=cache, hops=hops,
+                                **plan)
+        outcome = loop.run_campaign(campaign, measure.preflight(campaign, log), log)
     lines = [f"QEMU {', '.join(sorted({r.qemu_version for r in outcome.records}))} ({qemu})"]
     for c in outcome.report.chains:
         lines += chain_lines(c, [r for r in outcome.records if r.chain == c["chain"]])

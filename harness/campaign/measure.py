@@ -13,13 +13,11 @@ import itertools
 import json
 import platform
 import re
-import statistics
 import string
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,11 +32,10 @@ from harness.qemu.capabilities import query_capabilities, resolve_qemu
 from harness.record import RunRecord
 from harness.report import chain_summary
 from harness.report.summary import Report, build_report, cpu_model, write_report
-from harness.run import scenario
 from harness.run.config import Config
+from harness.run.setup import Setup, check_variant
 from harness.vocabulary import MODES, AccelChoice, Mode, TcpPattern, as_mode
 
-Runner = Callable[[Config], RunRecord]
 Log = Callable[[str], None]
 
 
@@ -227,8 +224,9 @@ def resolve_builds(qemus: Sequence[str]) -> dict[str, str]:
     return dict(zip(labels, paths, strict=True))
 
 
-def preflight(plan: Plan, log: Log) -> Plan:
-    """Host, guest and accelerator settled once, up front, so each run only migrates.
+def preflight(plan: Plan, log: Log) -> dict[str, Setup]:
+    """Host, guest and accelerator settled once per build, up front, so each run only
+    migrates: the capabilities read here are the only ones the campaign reads.
 
     Also prints which build each label stands for.  An unusable host, a bad
     --queues or `--accel kvm` without KVM fails here in one line instead of in
@@ -236,23 +234,17 @@ def preflight(plan: Plan, log: Log) -> Plan:
     """
     check_host()
     guest = plan.guest or build_embedded(plan.cache, log)
+    setups = {}
     for label, qemu in plan.builds.items():
         caps = query_capabilities(qemu)
         for mode in plan.modes:
             with contextlib.suppress(Unsupported):
-                scenario.check_variant(Config(qemu, mode, queues=plan.queues, vcpus=plan.vcpus,
-                                              flows=plan.flows), caps)
+                check_variant(Config(qemu, mode, queues=plan.queues, vcpus=plan.vcpus,
+                                     flows=plan.flows), caps)
         name, reason = accel.choose(plan.accel, qemu, guest, plan.cache, log)
         log(f"{label} = {qemu} (QEMU {caps.version}); {name}: {reason}")
-    return replace(plan, guest=guest)
-
-
-def run_logged(cfg: Config) -> RunRecord:
-    """scenario.run with its chatter in the run's tapmig.log, keeping stderr to a line per run."""
-    assert cfg.out is not None, "measure gives every run its own directory"
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    with (cfg.out / "tapmig.log").open("a", encoding="utf-8") as f:
-        return scenario.run(cfg, log=lambda msg: print(msg, file=f, flush=True))
+        setups[label] = Setup(caps, guest, name, reason)
+    return setups
 
 
 def duration_text(seconds: float) -> str:
@@ -323,40 +315,3 @@ def config(plan: Plan, mode: Mode, label: str, name: str) -> Config:
     return Config(qemu=plan.builds[label], mode=mode, accel=plan.accel, queues=plan.queues,
                   out=plan.out / "runs" / name, cache=plan.cache, guest=plan.guest,
                   epsilon_ms=plan.epsilon_ms, vcpus=plan.vcpus, flows=plan.flows, tcp=plan.tcp)
-
-
-def measure(plan: Plan, runner: Runner = run_logged, log: Log = stderr_log) -> Outcome:
-    """Every planned run, then the report; Ctrl-C (or SIGTERM) still writes a partial one.
-
-    A combination the build cannot run is reported once and its later
-    iterations skipped; failed runs are kept, counted and do not stop the rest.
-    """
-    assert plan.iterations is not None and plan.total is not None, "chains: measure_chains"
-    records: list[RunRecord] = []
-    skipped: set[tuple[str, str]] = set()
-    total, busy = plan.total, []
-    started = begin(plan)
-    interrupted = False
-    try:
-        for i, mode, label in plan.order():
-            if (label, mode) in skipped:
-                continue
-            name = f"{i:0{len(str(plan.iterations))}d}-{mode}-{label}"
-            t0 = time.monotonic()
-            rec = runner(config(plan, mode, label, name))
-            keep(rec, plan, i, name)
-            records.append(rec)
-            head = f"[{len(records)}/{total}] #{i} {label} {mode}:"
-            if rec.status == "unsupported":
-                skipped.add((label, mode))
-                total -= plan.left_after(i)
-                log(f"{head} not supported, skipping its {plan.left_after(i)} remaining "
-                    f"runs: {rec.error}")
-                continue
-            busy.append(time.monotonic() - t0)
-            eta = statistics.mean(busy) * (total - len(records))
-            log(f"{head} {result_text(rec)} ({busy[-1]:.0f}s); ETA {duration_text(eta)}")
-    except KeyboardInterrupt:
-        interrupted = True
-        log(f"interrupted after {len(records)} of {total} runs; writing a partial report")
-    return finish(plan, records, started, interrupted)

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from harness.analysis import ping
-from harness.campaign import chains, measure
+from harness.campaign import loop, measure
 from harness.campaign.bench import bench, bench_chain
 from harness.campaign.measure import stderr_log as _log
 from harness.cli.parser import parser
@@ -22,7 +22,6 @@ from harness.errors import EXIT_INTERRUPTED, TapmigError, Unsupported, UsageErro
 from harness.guest import assets
 from harness.guest.embedded import build_embedded, resolve
 from harness.host import rootless
-from harness.qemu import accel
 from harness.qemu.capabilities import query_capabilities
 from harness.record import RunRecord
 from harness.report.compare import compare, parse_threshold
@@ -30,7 +29,8 @@ from harness.report.render import render_markdown
 from harness.report.summary import load_report
 from harness.run import traffic
 from harness.run.config import Config
-from harness.run.scenario import preflight, run
+from harness.run.scenario import run
+from harness.run.setup import preflight, prepare
 from harness.vocabulary import as_accel_choice, as_mode
 
 
@@ -48,11 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                  epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout,
                  prober=args.prober)
     caps = preflight(cfg)  # bad input and an unusable host: one line, exit 2, before any table
-    cfg.guest = resolve(spec, manifest, args.cache, _log)  # a download comes after preflight
-    # --accel kvm on a host whose KVM cannot boot the guest is refused here too; the
-    # verdict is cached, so the run itself does not probe again.
-    accel.choose(cfg.accel, caps.qemu, cfg.guest, args.cache, _log)
-    rec = run(cfg, log=_log, caps=caps)
+    guest = resolve(spec, manifest, args.cache, _log)  # a download comes after preflight
+    # --accel kvm on a host whose KVM cannot boot the guest is refused here too, before
+    # any table: the accelerator is chosen once, and the run starts from this Setup.
+    rec = run(cfg, log=_log, setup=prepare(cfg, _log, caps, guest))
     print(json.dumps(rec.to_json(), indent=2) if args.json else format_record(rec))
     if rec.status != "ok":
         print_error(rec.error or "unknown failure")
@@ -155,9 +154,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
                         guest=resolve(spec, manifest, args.cache, _log), shard=shape.shard,
                         hops=shape.hops, duration_s=shape.duration_s,
                         epsilon_ms=args.epsilon_ms)
-    plan = measure.preflight(plan, _log)
+    setups = measure.preflight(plan, _log)
     _log(measure.describe(plan))
-    outcome = chains.measure_chains(plan) if plan.hops else measure.measure(plan)
+    outcome = loop.run_campaign(plan, setups)
     print(render_markdown(outcome.report), end="")
     for ext, path in outcome.paths.items():
         _log(f"report.{ext}: {path}")

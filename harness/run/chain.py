@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -27,17 +27,14 @@ from types import TracebackType
 from typing import Any
 
 from harness.errors import TapmigError
-from harness.guest.embedded import build_embedded
-from harness.guest.spec import Guest
-from harness.host.reaper import reap_orphans
-from harness.qemu import accel
-from harness.qemu.capabilities import Capabilities
 from harness.qemu.vm import VM
 from harness.record import RunRecord
 from harness.report.summary import cpu_model
 from harness.run import footprint, scenario
-from harness.run.config import Config, FaultHook, Phase
+from harness.run.config import Config
 from harness.run.lab import Lab
+from harness.run.observer import Observer, PhaseClock
+from harness.run.setup import Setup, settle
 
 Log = Callable[[str], None]
 Emit = Callable[[RunRecord], None]
@@ -96,20 +93,6 @@ class Rotation:
         self.lab.stack = self.main
         while self.stacks:
             self.stacks.pop().close()  # the newest (a half-started target) first
-
-
-class Marks:
-    """The fault hook of a chain: notes when probing started, then calls the user's hook."""
-
-    def __init__(self, user: FaultHook | None) -> None:
-        self.user = user
-        self.probing = 0.0
-
-    def __call__(self, phase: Phase, lab: Lab) -> None:
-        if phase == "probing":
-            self.probing = time.time()
-        if self.user is not None:
-            self.user(phase, lab)
 
 
 def _event_ts(vm: VM, status: str) -> float | None:
@@ -173,7 +156,7 @@ def _trim(lab: Lab) -> None:
             path.unlink(missing_ok=True)
 
 
-def hop(lab: Lab, rec: RunRecord, tap0_index: int, marks: Marks) -> None:
+def hop(lab: Lab, rec: RunRecord, tap0_index: int, clock: PhaseClock) -> None:
     """One measured migration of the chain, verified, then sampled."""
     src = lab.source
     assert src is not None
@@ -184,16 +167,20 @@ def hop(lab: Lab, rec: RunRecord, tap0_index: int, marks: Marks) -> None:
     verified = time.time()
     assert lab.source is not None and lab.source.pid is not None
     rec.footprint = footprint.sample(lab.source.pid, lab.ns).to_json()
-    rec.phases = phases(t0, marks.probing, src, rec, (hop_end, verified, time.time()))
+    rec.phases = phases(t0, clock.marks.get("probing", t0), src, rec,
+                        (hop_end, verified, time.time()))
 
 
-class Runner:
+class ChainRun:
     """Runs one Chain, handing each hop's record to emit."""
 
-    def __init__(self, chain: Chain, emit: Emit, log: Log) -> None:
+    def __init__(self, chain: Chain, emit: Emit, log: Log, setup: Setup | None = None,
+                 observers: Sequence[Observer[Lab]] = ()) -> None:
         self.chain, self.emit, self.log = chain, emit, log
-        self.marks = Marks(chain.cfg.fault)
-        self.cfg = replace(chain.cfg, fault=self.marks)
+        self.clock = PhaseClock()
+        self.observers: tuple[Observer[Lab], ...] = (self.clock, *observers)
+        self.setup = setup
+        self.cfg = chain.cfg
         self.base = scenario.new_record(self.cfg)
         self.base.chain, self.base.shard, self.base.cpu_model = (chain.ident, chain.shard,
                                                                  cpu_model())
@@ -207,29 +194,25 @@ class Runner:
     def run(self) -> None:
         first = self.record(1)
         try:
-            caps, guest = self._setup(first)
+            setup = self._setup(first)
         except TapmigError as exc:
             first.fail(exc)
             self.emit(first)
             return
         with ExitStack() as stack:
-            lab = Lab(self.cfg, caps, guest, self.base.accel, stack, self.log)
+            lab = Lab(self.cfg, setup, stack, self.log, self.observers)
             rotation = stack.enter_context(Rotation(lab))
             self._hops(lab, rotation, first)
 
-    def _setup(self, rec: RunRecord) -> tuple[Capabilities, Guest]:
-        """As scenario.run does before its Lab: capabilities, guest, accelerator."""
-        caps = scenario.preflight(self.cfg)
-        b = self.base
+    def _setup(self, rec: RunRecord) -> Setup:
+        """The campaign's Setup, or one settled here, stamped on every hop's record."""
+        setup = settle(self.cfg, self.log, self.setup)
+        b, caps = self.base, setup.caps
         b.qemu, b.qemu_version, b.interface = caps.qemu, caps.version, caps.interface
-        reap_orphans()
-        guest = self.cfg.guest or build_embedded(self.cfg.cache, self.log)
-        b.guest = guest.name
-        b.accel, b.accel_reason = accel.choose(self.cfg.accel, b.qemu, guest, self.cfg.cache,
-                                               self.log)
+        b.guest, b.accel, b.accel_reason = setup.guest.name, setup.accel, setup.accel_reason
         for key in ("qemu", "qemu_version", "interface", "guest", "accel", "accel_reason"):
             setattr(rec, key, getattr(b, key))
-        return caps, guest
+        return setup
 
     def _hops(self, lab: Lab, rotation: Rotation, rec: RunRecord) -> None:
         t0 = time.monotonic()
@@ -241,7 +224,7 @@ class Runner:
                 rec = rec if n == 1 else self.record(n)
                 rec.started, t0 = datetime.now(UTC).isoformat(), time.monotonic()
                 rotation.next()
-                hop(lab, rec, tap0_index, self.marks)
+                hop(lab, rec, tap0_index, self.clock)
                 self._finish(rec, t0, lab, rotation)
                 if self.chain.deadline is not None and time.monotonic() >= self.chain.deadline:
                     break

@@ -6,18 +6,12 @@ namespace.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 from harness.cache import default_cache
 from harness.guest.spec import Guest
-from harness.host.rundir import SHM_DIR
 from harness.vocabulary import AccelChoice, Mode, Prober, TcpPattern
-
-if TYPE_CHECKING:
-    from harness.run.lab import Lab
 
 GUEST_IP = "192.168.100.2"
 HOST_IP = "192.168.100.1"
@@ -34,15 +28,11 @@ TAP0, TAP1 = "tap0", "tap1"
 # were seen here. The stall is reported as pre_stop_ms either way.
 EPSILON_MS = {"kvm": 50.0, "tcg": 150.0}
 
-# Where a run calls Config.fault: the source guest is up; the prober runs and the
-# target is about to start; the migration is held at pre-switchover (only with
-# Config.pause_before_switchover); the target runs and the probes still do.
-Phase = Literal["booted", "probing", "switchover", "resumed"]
-FaultHook = Callable[[Phase, "Lab"], None]
-
-
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    """What the user asked for; whatever watches or perturbs a run is an observer
+    (harness.run.observer), handed to the run beside it."""
+
     qemu: str
     mode: Mode = "new-tap"
     accel: AccelChoice = "auto"
@@ -71,11 +61,9 @@ class Config:
     ping_interval: float | None = None  # None: driver.INTERVALS[prober]
     prober: Prober = "tapmig"
     # Hold the migration at pre-switchover (the capability pause-before-switchover):
-    # the guest is stopped and only device state is left to send. The fault hook
-    # sees the phase "switchover" there, then the run continues it.
+    # the guest is stopped and only device state is left to send. Observers see the
+    # phase "switchover" there, then the run continues it.
     pause_before_switchover: bool = False
-    fault: FaultHook | None = None  # for reliability tests: called at each Phase
-    shm_dir: Path = SHM_DIR
     qmp_timeout: float = 30.0  # for one QMP reply; a hung QEMU fails the run after this
     settle_s: float = 0.5  # probing before migration starts
     tail_s: float = 0.5  # probing after RESUME, once every flow answered again

@@ -8,19 +8,17 @@ when.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from harness.analysis.queues import QueueCounts
 from harness.errors import CheckFailed
-from harness.guest.spec import Guest
 from harness.host.netns import Namespace
-from harness.host.rundir import RunDir, ShmFile
+from harness.host.rundir import SHM_DIR, RunDir, ShmFile
 from harness.probes import driver
 from harness.qemu import accel
-from harness.qemu.capabilities import Capabilities
 from harness.qemu.vm import VM
 from harness.run.config import (
     GUEST_CIDR,
@@ -33,20 +31,23 @@ from harness.run.config import (
     TAP_MAC,
     Config,
 )
-from harness.vocabulary import Accel
+from harness.run.observer import Observer, Phase
+from harness.run.setup import Setup
 
 
 class Lab:
     """The resources of one run (or one chain of hops), torn down by its ExitStack."""
 
-    def __init__(self, cfg: Config, caps: Capabilities, guest: Guest, accel_name: Accel,
-                 stack: ExitStack, log: Callable[[str], None]) -> None:
-        self.cfg, self.caps, self.guest, self.accel = cfg, caps, guest, accel_name
+    def __init__(self, cfg: Config, setup: Setup, stack: ExitStack, log: Callable[[str], None],
+                 observers: Sequence[Observer[Lab]] = (), shm_dir: Path = SHM_DIR) -> None:
+        self.cfg, self.setup = cfg, setup
+        self.caps, self.guest, self.accel = setup.caps, setup.guest, setup.accel
         self.log = log
+        self.observers = tuple(observers)
         self.stack = stack
         self.rundir: Path = stack.enter_context(RunDir())
         self.ns = stack.enter_context(Namespace())
-        self.shm = stack.enter_context(ShmFile(cfg.ram_mib, cfg.shm_dir))
+        self.shm = stack.enter_context(ShmFile(cfg.ram_mib, shm_dir))
         self.source: VM | None = None
         self.target: VM | None = None
         self.host_tap = TAP0  # the TAP that holds the host's IP and MAC, and serves the source
@@ -54,6 +55,11 @@ class Lab:
         # The guest's echo servers (harness.run.traffic) run; its latest queue counters.
         self.guest_servers = False
         self.queue_baseline: QueueCounts | None = None
+
+    def notify(self, phase: Phase) -> None:
+        """Every observer, in order, at this phase of the hop."""
+        for observer in self.observers:
+            observer(phase, self)
 
     @property
     def local(self) -> bool:

@@ -19,7 +19,7 @@ import datetime
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -30,20 +30,16 @@ from harness.errors import (
     MigrationError,
     QEMUError,
     TapmigError,
-    Unsupported,
     UsageError,
 )
-from harness.guest.embedded import build_embedded
-from harness.host.check import check_host
-from harness.host.reaper import reap_orphans
-from harness.qemu import accel
-from harness.qemu.capabilities import Capabilities, query_capabilities
+from harness.host.rundir import SHM_DIR
 from harness.qemu.vm import VM
 from harness.record import RunRecord
 from harness.run import traffic
-from harness.run.config import GUEST_CIDR, HOST_CIDR, TAP0, TAP_MAC, Config, Phase
+from harness.run.config import GUEST_CIDR, HOST_CIDR, TAP0, TAP_MAC, Config
 from harness.run.lab import Lab
-from harness.vocabulary import MODES
+from harness.run.observer import Observer
+from harness.run.setup import Setup, settle
 
 ENDED = ("completed", "failed", "cancelled")
 Log = Callable[[str], None]
@@ -52,35 +48,6 @@ Log = Callable[[str], None]
 def event_time(ev: dict[str, Any]) -> float:
     ts = ev["timestamp"]
     return float(ts["seconds"]) + float(ts["microseconds"]) / 1e6
-
-
-def check_variant(cfg: Config, caps: Capabilities) -> None:
-    if cfg.mode not in MODES:
-        raise UsageError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
-    if cfg.queues < 1 or cfg.queues > 16:
-        raise UsageError(f"--queues {cfg.queues} is out of range; use 1 to 16")
-    if not caps.x_ignore_shared:
-        raise Unsupported(f"{caps.qemu} lacks the x-ignore-shared migration capability")
-    if cfg.mode == "local" and (missing := caps.missing_for_local()):
-        raise Unsupported(f"{caps.qemu} ({caps.version}) cannot do local migration: "
-                          f"missing {', '.join(missing)}")
-    traffic.check_config(cfg)
-    if cfg.vhost and caps.vhost_problem:
-        raise Unsupported(f"vhost=on needs vhost-net: {caps.vhost_problem}")
-
-
-def preflight(cfg: Config) -> Capabilities:
-    """Everything that can be refused before any resource exists, in one line; the
-    capabilities it read are handed to run(), so QEMU is asked once."""
-    caps = query_capabilities(cfg.qemu)
-    check_variant(cfg, caps)
-    check_host()
-    return caps
-
-
-def fault(lab: Lab, phase: Phase) -> None:
-    if lab.cfg.fault is not None:
-        lab.cfg.fault(phase, lab)
 
 
 # -- the phases ------------------------------------------------------------------------
@@ -94,7 +61,7 @@ def boot_source(lab: Lab) -> float:
     lab.guest.bring_up(lab.source, GUEST_CIDR, lab.cfg.boot_timeout)
     boot_s = round(time.monotonic() - boot0, 3)
     lab.log(f"source guest ready in {boot_s:.1f}s")
-    fault(lab, "booted")
+    lab.notify("booted")
     lab.guest_pings_host(lab.source)
     lab.host_pings_guest()
     return boot_s
@@ -116,12 +83,13 @@ def migrate(lab: Lab, rec: RunRecord) -> None:
     """Source to target; both must end completed, the source postmigrate, the target
     paused. With pause_before_switchover the fault hook runs at pre-switchover."""
     src, dst = _pair(lab)
+    lab.notify("migrating")
     lab.log(f"migrating ({lab.cfg.mode})...")
     src.cmd("migrate", uri=migration_uri(lab))
     status = migration_status(lab, src)
     while status not in ENDED:
         if status == "pre-switchover":
-            fault(lab, "switchover")
+            lab.notify("switchover")
             src.cmd("migrate-continue", state="pre-switchover")
         status = migration_status(lab, src)
     for vm, side, end in ((src, "source", status), (dst, "target", None)):
@@ -138,6 +106,7 @@ def migrate(lab: Lab, rec: RunRecord) -> None:
                              status="completed")
     info = src.cmd("query-migrate")
     rec.downtime_ms = float(info["downtime"]) if "downtime" in info else None
+    lab.notify("migrated")
 
 
 def switch_host_side(lab: Lab) -> None:
@@ -152,6 +121,7 @@ def switch_host_side(lab: Lab) -> None:
 def resume(lab: Lab, rec: RunRecord) -> None:
     """`cont` on the target, the source quits; the target becomes the next source."""
     src, dst = _pair(lab)
+    lab.notify("resuming")
     dst.cmd("cont")
     rec.resume_ts = event_time(dst.wait_event("RESUME", timeout=10))
     rec.stop_ts = event_time(src.wait_event("STOP", timeout=10))
@@ -172,12 +142,12 @@ def measured_hop(lab: Lab, rec: RunRecord) -> None:
     with traffic.HopProbes(lab) as probes:
         time.sleep(cfg.settle_s)
         probes.read_source(lab.source)
-        fault(lab, "probing")
+        lab.notify("probing")
         start_target(lab)
         migrate(lab, rec)
         switch_host_side(lab)
         resume(lab, rec)
-        fault(lab, "resumed")
+        lab.notify("resumed")
         assert rec.resume_ts is not None
         recovered = probes.wait_recovered(rec.resume_ts)
         time.sleep(cfg.tail_s)
@@ -219,13 +189,14 @@ def new_record(cfg: Config) -> RunRecord:
                      started=datetime.datetime.now(datetime.UTC).isoformat())
 
 
-def run(cfg: Config, log: Log = print, caps: Capabilities | None = None) -> RunRecord:
+def run(cfg: Config, log: Log = print, setup: Setup | None = None,
+        observers: Sequence[Observer[Lab]] = (), shm_dir: Path = SHM_DIR) -> RunRecord:
     """One migration; failures become a record with status failed or unsupported.
-    Pass the capabilities preflight() returned, or run() asks QEMU itself."""
+    Pass the Setup a campaign settled once, or run() settles it itself."""
     rec = new_record(cfg)
     t0 = time.monotonic()
     try:
-        _run(cfg, rec, log, caps)
+        _run(cfg, rec, log, settle(cfg, log, setup), observers, shm_dir)
     except TapmigError as exc:
         rec.fail(exc)
     rec.duration_s = round(time.monotonic() - t0, 3)
@@ -235,16 +206,14 @@ def run(cfg: Config, log: Log = print, caps: Capabilities | None = None) -> RunR
     return rec
 
 
-def _run(cfg: Config, rec: RunRecord, log: Log, caps: Capabilities | None) -> None:
-    caps = caps or preflight(cfg)
+def _run(cfg: Config, rec: RunRecord, log: Log, setup: Setup,
+         observers: Sequence[Observer[Lab]], shm_dir: Path) -> None:
+    caps = setup.caps
     rec.qemu, rec.qemu_version, rec.interface = caps.qemu, caps.version, caps.interface
-    reap_orphans()
-    guest = cfg.guest or build_embedded(cfg.cache, log)
-    rec.guest = guest.name
-    rec.accel, rec.accel_reason = accel.choose(cfg.accel, caps.qemu, guest, cfg.cache, log)
+    rec.guest, rec.accel, rec.accel_reason = setup.guest.name, setup.accel, setup.accel_reason
     log(f"accelerator: {rec.accel_reason}")
     with ExitStack() as stack:
-        lab = Lab(cfg, caps, guest, rec.accel, stack, log)
+        lab = Lab(cfg, setup, stack, log, observers, shm_dir)
         try:
             tap0_index = lab.add_taps()
             rec.boot_s = boot_source(lab)

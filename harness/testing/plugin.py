@@ -24,8 +24,9 @@ import itertools
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -36,13 +37,21 @@ from harness.guest.spec import Guest
 from harness.host import reaper, rootless
 from harness.host.devices import tun_problem
 from harness.host.netns import Namespace
+from harness.host.rundir import SHM_DIR
 from harness.qemu.capabilities import Capabilities, query_capabilities
 from harness.record import RunRecord
 from harness.run import scenario
 from harness.run.config import Config
+from harness.run.lab import Lab
+from harness.run.observer import Observer
 from harness.vocabulary import ACCEL_CHOICES, AccelChoice, as_accel_choice
 
-RunFactory = Callable[[Config], RunRecord]
+
+class RunFactory(Protocol):
+    """tapmig_run: a Config in, the run's record out; observers watch or perturb it."""
+
+    def __call__(self, cfg: Config, observers: Sequence[Observer[Lab]] = (),
+                 shm_dir: Path = SHM_DIR) -> RunRecord: ...
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -157,8 +166,9 @@ def tapmig_run(request: pytest.FixtureRequest,
     stem = re.sub(r"[^\w.-]+", "_", request.node.name)
     count = itertools.count(1)
 
-    def run(cfg: Config) -> RunRecord:
-        rec = scenario.run(cfg, log=print)
+    def run(cfg: Config, observers: Sequence[Observer[Lab]] = (),
+            shm_dir: Path = SHM_DIR) -> RunRecord:
+        rec = scenario.run(cfg, log=print, observers=observers, shm_dir=shm_dir)
         if records is not None:
             n = next(count)
             records.mkdir(parents=True, exist_ok=True)

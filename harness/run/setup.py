@@ -1,0 +1,78 @@
+"""What a run needs settled before its Lab exists: capabilities, guest, accelerator.
+
+Settled once, by `prepare`, and handed to every run of the same QEMU: `tapmig run`
+asks QEMU for its capabilities once, and a campaign once per build, instead of
+once more per run. The accelerator is chosen here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from harness.errors import Unsupported, UsageError
+from harness.guest.embedded import build_embedded
+from harness.guest.spec import Guest
+from harness.host.check import check_host
+from harness.host.reaper import reap_orphans
+from harness.qemu import accel
+from harness.qemu.capabilities import Capabilities, query_capabilities
+from harness.run import traffic
+from harness.run.config import Config
+from harness.vocabulary import MODES, Accel
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The settled facts a run starts from."""
+
+    caps: Capabilities
+    guest: Guest
+    accel: Accel
+    accel_reason: str
+
+
+def check_variant(cfg: Config, caps: Capabilities) -> None:
+    """The variant asked for, refused in one line if this QEMU cannot run it."""
+    if cfg.mode not in MODES:
+        raise UsageError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
+    if cfg.queues < 1 or cfg.queues > 16:
+        raise UsageError(f"--queues {cfg.queues} is out of range; use 1 to 16")
+    if not caps.x_ignore_shared:
+        raise Unsupported(f"{caps.qemu} lacks the x-ignore-shared migration capability")
+    if cfg.mode == "local" and (missing := caps.missing_for_local()):
+        raise Unsupported(f"{caps.qemu} ({caps.version}) cannot do local migration: "
+                          f"missing {', '.join(missing)}")
+    traffic.check_config(cfg)
+    if cfg.vhost and caps.vhost_problem:
+        raise Unsupported(f"vhost=on needs vhost-net: {caps.vhost_problem}")
+
+
+def preflight(cfg: Config, caps: Capabilities | None = None) -> Capabilities:
+    """Everything that can be refused before any resource exists, in one line."""
+    caps = caps or query_capabilities(cfg.qemu)
+    check_variant(cfg, caps)
+    check_host()
+    return caps
+
+
+def prepare(cfg: Config, log: Log, caps: Capabilities | None = None,
+            guest: Guest | None = None) -> Setup:
+    """Preflight, the orphans of killed runs reaped, the guest built (cached) and the
+    accelerator chosen (its KVM probe boot cached too)."""
+    caps = preflight(cfg, caps)
+    reap_orphans()
+    guest = guest or cfg.guest or build_embedded(cfg.cache, log)
+    name, reason = accel.choose(cfg.accel, caps.qemu, guest, cfg.cache, log)
+    return Setup(caps, guest, name, reason)
+
+
+def settle(cfg: Config, log: Log, setup: Setup | None = None) -> Setup:
+    """The Setup a run starts from: a campaign's, with this run's variant checked
+    against its capabilities (no QEMU started), or one prepared here."""
+    if setup is None:
+        return prepare(cfg, log)
+    check_variant(cfg, setup.caps)
+    return setup
