@@ -49,7 +49,3 @@ def as_accel_choice(text: str) -> AccelChoice:
 
 def as_prober(text: str) -> Prober:
     return _one_of(text, PROBERS, "prober")
-
-
-def as_tcp_pattern(text: str) -> TcpPattern:
-    return _one_of(text, TCP_PATTERNS, "TCP pattern")

@@ -17,9 +17,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from harness.errors import HostError, ProbeFailed, UsageError
+from harness.errors import HostError, ProbeFailed
 from harness.proc import die_with_parent
-from harness.vocabulary import PROBERS, Prober, TcpPattern
+from harness.vocabulary import Prober, TcpPattern, as_prober
 
 # About 1 kHz: fine enough for millisecond figures, and a bounded log (~130 KiB
 # per run); an interval of 0 would flood the guest and write megabytes per second.
@@ -113,8 +113,7 @@ class Pinger(ProbeProcess):
 
     def __init__(self, target: str, log: Path, prefix: Sequence[str] = (),
                  interval: float | None = None, prober: Prober = "tapmig") -> None:
-        if prober not in PROBERS:
-            raise UsageError(f"unknown prober {prober!r}; use one of {', '.join(PROBERS)}")
+        prober = as_prober(prober)  # from a caller without mypy, or a JSON file
         interval = interval or INTERVALS[prober]
         if prober == "iputils":
             argv = [*prefix, require_iputils(), "-D", "-O", "-n", "-i", f"{interval:g}", target]
