@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import atomic
-from harness.errors import TapmigError, Unsupported, UsageError
+from harness.errors import UsageError
 from harness.vocabulary import (
     MODES,
     STATUSES,
@@ -102,12 +102,6 @@ class RunRecord:
     # Evidence behind the verdict, e.g. tap0's ifindex and counters in local mode.
     checks: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
-
-    def fail(self, exc: TapmigError) -> None:
-        self.status = "unsupported" if isinstance(exc, Unsupported) else "failed"
-        self.error = str(exc)
-        attrs = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float))}
-        self.failure = {"kind": type(exc).__name__, **attrs}
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **asdict(self)}

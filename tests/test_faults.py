@@ -31,7 +31,7 @@ from harness.guest.spec import Guest
 from harness.qemu.capabilities import Capabilities
 from harness.qemu.vm import VM
 from harness.record import RunRecord
-from harness.run import scenario
+from harness.run import phases
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Phase
@@ -114,10 +114,10 @@ def migrate_with_fault(lab: Lab, strike: Callable[[Lab], Any], case: str) -> Tap
     migrate() raised."""
     fault = Fault("switchover", strike)
     lab.observers = (fault,)
-    scenario.boot_source(lab)
-    scenario.start_target(lab)
+    phases.boot_source(lab)
+    phases.start_target(lab)
     with pytest.raises(TapmigError) as caught:
-        scenario.migrate(lab, scenario.new_record(lab.cfg))
+        phases.migrate(lab)
     assert fault.at is not None
     report(f"{case} (phases)", time.monotonic() - fault.at)
     return caught.value
@@ -160,7 +160,7 @@ def test_source_killed_target_fails_on_its_own(lab: Lab) -> None:
     assert isinstance(err, QEMUError)
     assert (err.side, err.exit_status) == ("source", -9)
     dst = target(lab)
-    assert scenario.migration_end(lab, dst) == "failed"
+    assert phases.migration_end(lab, dst) == "failed"
     assert dst.proc is not None
     assert dst.proc.wait(timeout=10) == 1
     assert "load of migration failed" in dst.stderr()
@@ -182,9 +182,9 @@ def test_cancel_at_switchover_source_resumes_and_serves(lab: Lab) -> None:
     assert (err.side, err.command, err.error_class) == (
         "source", "migrate-continue", "GenericError")
     assert "not in expected state" in err.desc
-    assert scenario.migration_end(lab, source(lab)) == "cancelled"
+    assert phases.migration_end(lab, source(lab)) == "cancelled"
     source_serves(lab)
-    assert scenario.migration_end(lab, target(lab)) == "failed"
+    assert phases.migration_end(lab, target(lab)) == "failed"
 
 
 # -- QMP stops answering ---------------------------------------------------------------

@@ -28,7 +28,7 @@ from harness.probes import driver
 from harness.qemu import accel
 from harness.qemu.capabilities import Capabilities
 from harness.qemu.vm import VM
-from harness.run import scenario
+from harness.run import phases
 from harness.run.config import GUEST_IP, Config
 from harness.run.lab import Lab
 from harness.run.setup import Setup
@@ -108,7 +108,7 @@ def start_target(lab: Lab, netdev: dict[str, Any],
 
 
 def booted_source(lab: Lab) -> VM:
-    scenario.boot_source(lab)
+    phases.boot_source(lab)
     assert lab.source is not None
     return lab.source
 
@@ -132,11 +132,11 @@ def test_local_over_tcp_fails_and_source_keeps_serving(lab: Lab) -> None:
         except QMPCommandError as exc:  # refused up front, or failed below: both say why
             assert UNIX_ONLY in exc.desc
         else:
-            assert scenario.migration_end(lab, src) == "failed"
+            assert phases.migration_end(lab, src) == "failed"
             assert UNIX_ONLY in src.cmd("query-migrate").get("error-desc", "")
     else:
         src.cmd("migrate", uri=uri)
-        assert scenario.migration_end(lab, src) == "failed"
+        assert phases.migration_end(lab, src) == "failed"
         assert "virtio-net" in src.cmd("query-migrate").get("error-desc", "")
     source_still_serves(lab, src)
 
@@ -145,7 +145,7 @@ def migrate_over_unix(lab: Lab, src: VM, dst: VM) -> tuple[str, str]:
     uri = f"unix:{lab.rundir / 'migration.sock'}"
     dst.cmd("migrate-incoming", uri=uri)
     src.cmd("migrate", uri=uri)
-    return scenario.migration_end(lab, src), scenario.migration_end(lab, dst)
+    return phases.migration_end(lab, src), phases.migration_end(lab, dst)
 
 
 def test_target_tap_opened_normally_fails_the_target(lab: Lab) -> None:

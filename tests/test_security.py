@@ -19,7 +19,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from harness.guest.spec import Guest
-from harness.run import scenario
+from harness.run import phases
 from harness.run.config import GUEST_IP, Config
 from harness.run.lab import Lab
 from harness.run.observer import Phase
@@ -123,7 +123,7 @@ def test_private_rundir_and_untouched_root_namespace(tapmig_run: RunFactory, tap
             "logs": [p.parent == m.rundir for vm in vms for p in (vm.stderr_log, vm.console_log)],
         }
         if phase == "switchover":
-            sock = Path(scenario.migration_uri(m).removeprefix("unix:"))
+            sock = Path(phases.migration_uri(m).removeprefix("unix:"))
             seen["migration socket"] = (sock.parent == m.rundir, os.stat(sock).st_mode)
 
     before = root_net()

@@ -32,6 +32,7 @@ from harness.qemu.capabilities import query_capabilities, resolve_qemu
 from harness.record import RunRecord
 from harness.report import chain_summary
 from harness.report.summary import Report, build_report, cpu_model, write_report
+from harness.run.assemble import placed
 from harness.run.config import Config
 from harness.run.setup import Setup, check_variant
 from harness.vocabulary import MODES, AccelChoice, Mode, TcpPattern, as_mode
@@ -287,13 +288,12 @@ def begin(plan: Plan) -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def keep(rec: RunRecord, plan: Plan, iteration: int, run_dir: str) -> None:
-    """Stamp a finished record with where it ran, and put it on disk at once."""
-    rec.iteration = iteration
-    rec.shard = None if plan.shard == WHOLE else str(plan.shard)
-    rec.cpu_model = rec.cpu_model or cpu_model()
-    rec.artifacts = {k: f"runs/{run_dir}/{v}" for k, v in rec.artifacts.items()}
+def keep(rec: RunRecord, plan: Plan, iteration: int, run_dir: str) -> RunRecord:
+    """The finished record, stamped with where in the campaign it ran, on disk at once."""
+    rec = placed(rec, iteration, None if plan.shard == WHOLE else str(plan.shard),
+                 rec.cpu_model or cpu_model(), f"runs/{run_dir}/")
     write_record(rec, plan.out / "records")
+    return rec
 
 
 def merge_report(dirs: list[Path], out: Path, allow_mismatch: bool) -> Outcome:

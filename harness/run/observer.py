@@ -34,13 +34,19 @@ Observer = Callable[[Phase, L], None]
 
 class PhaseClock:
     """Wall-clock time (time.time(), the clock of QMP events and the probes) at which
-    each phase of the current hop was reached, before any other observer ran."""
+    each phase of the current hop was reached, before any later observer ran; the run
+    adds its own steps (start, analysed, verified, sampled) with mark()."""
 
     def __init__(self) -> None:
-        self.marks: dict[Phase, float] = {}
+        self.marks: dict[str, float] = {}
+
+    def start(self) -> None:
+        """A new hop: forget the last one's marks."""
+        self.marks = {"start": time.time()}
+
+    def mark(self, step: str) -> None:
+        self.marks[step] = time.time()
 
     def __call__(self, phase: Phase, lab: object) -> None:
-        if phase == "probing":
-            self.marks = {}
-        self.marks[phase] = time.time()
+        self.mark(phase)
 

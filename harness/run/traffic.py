@@ -21,19 +21,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from harness.analysis import flows, ping, queues, tcp_stream
-from harness.errors import ProbeFailed, Unsupported, UsageError
+from harness.errors import InternalError, ProbeFailed, Unsupported, UsageError
 from harness.guest.spec import HELPER
 from harness.probes import driver
 from harness.qemu.vm import VM
 from harness.record import RunRecord
-from harness.report import timeline
 from harness.run.config import EPSILON_MS, GUEST_IP, Config
+from harness.run.results import HopLogs, Resumed, Target, Traffic
 
 if TYPE_CHECKING:
     from harness.run.lab import Lab
@@ -152,16 +151,6 @@ class LogTail:
                 yield self.who(m), float(m["ts"])
 
 
-@dataclass
-class HopLogs:
-    ping: str
-    flows: str | None
-    tcp: str | None
-    source_queues: queues.QueueCounts | None  # the source's counters over the settle time
-    recovered: float | None  # when ICMP and the last flow answered again after RESUME
-    suffix: str  # "" for the first hop, "-2" for the second ...
-
-
 class HopProbes:
     """Every probe of one hop, started together, stopped together, killed on any error."""
 
@@ -232,66 +221,54 @@ class HopProbes:
         self.stack.close()
 
 
-def record_hop(lab: Lab, rec: RunRecord, logs: HopLogs, icmp: ping.PingLog) -> None:
-    """The hop's flow, TCP and queue figures into the record, the timeline drawn; then
-    a flow that did not recover or a broken TCP connection fails the run."""
-    assert rec.stop_ts is not None and rec.resume_ts is not None
-    stop, resume = rec.stop_ts, rec.resume_ts
-    rec.vcpus, rec.flows, rec.tcp = lab.cfg.vcpus, lab.cfg.flows, lab.cfg.tcp
-    sent = ping.send_times(icmp)
-    answered = {p.seq for p in icmp.lines if p.rtt_ms is not None}
-    rec.lost_when = flows.when_lost([t for s, t in sent.items() if s not in answered
-                                     and s <= max(answered, default=0)], (stop, resume))
-    summary = tcp = None
-    if logs.source_queues is not None:
-        rec.queues_live = logs.source_queues.live
-        rec.queue_packets["before"] = logs.source_queues.to_json()
-    # A flow's health is judged on what it is sent once every flow answered again
-    # (the tail after that is tail_s long); if one never did, from RESUME + epsilon.
+def analyze(lab: Lab, logs: HopLogs, resumed: Resumed) -> Traffic:
+    """The hop's flows and TCP connection, judged on what they were sent once every
+    flow answered again (the tail after that is tail_s long); if one never did, from
+    RESUME + epsilon."""
+    stop, resume = resumed.window
     settled = logs.recovered or resume + epsilon_ms(lab) / 1000
-    flow_log = flows.parse(logs.flows) if logs.flows is not None else None
-    tcp_log = tcp_stream.parse(logs.tcp) if logs.tcp is not None else None
-    if flow_log is not None:
-        summary = flows.analyze(flow_log, (stop, resume), settled, logs.source_queues)
-        _record_flows(rec, summary)
-    if tcp_log is not None:
-        tcp = tcp_stream.analyze(tcp_log, (stop, settled))
-        rec.tcp_stall_ms, rec.tcp_retrans, rec.tcp_rto = tcp.stall_ms, tcp.retrans, tcp.rto
-        rec.tcp_detail = tcp.to_json()
-    page = timeline.draw(rec, icmp, flow_log, tcp_log)
-    (lab.rundir / f"timeline{logs.suffix}.html").write_text(page)
-    if summary is not None:
-        flows.check_recovered(summary, lab.cfg.vcpus)
-    if tcp is not None:
-        tcp_stream.check(tcp, lab.cfg.tcp)
+    summary = tcp = None
+    if logs.flows is not None:
+        summary = flows.analyze(flows.parse(logs.flows), (stop, resume), settled,
+                                logs.source_queues)
+    if logs.tcp is not None:
+        tcp = tcp_stream.analyze(tcp_stream.parse(logs.tcp), (stop, settled))
+    return Traffic(logs.source_queues, summary, tcp)
 
 
-def _record_flows(rec: RunRecord, summary: flows.FlowsSummary) -> None:
-    rec.flow_blackout_ms, rec.flow_blackout_min_ms = summary.worst_ms, summary.best_ms
-    rec.flow_spread_ms = summary.spread_ms
-    rec.flow_lost, rec.flow_late = summary.lost, summary.late
-    rec.flow_detail = [r.to_json() for r in summary.flows]
+def judge(result: Traffic, cfg: Config) -> None:
+    """A flow that did not recover, or a broken TCP connection, fails the hop."""
+    if result.flows is not None:
+        flows.check_recovered(result.flows, cfg.vcpus)
+    if result.tcp is not None:
+        tcp_stream.check(result.tcp, cfg.tcp)
 
 
-def verify_target(lab: Lab, rec: RunRecord) -> None:
-    """On the target: fresh flows, which the TAP has never seen, are each answered,
-    and every live queue pair carries packets both ways."""
+def verify_target(lab: Lab) -> Target | None:
+    """On the target: fresh flows, which the TAP has never seen, each sent FRESH_COUNT
+    requests, and the guest's queue counters before and after them."""
     if not lab.cfg.flows:
-        return
+        return None
     vm = lab.source
-    assert vm is not None
+    if vm is None:
+        raise InternalError("the target checks ran without a serving QEMU")
     before = read_queues(vm)
     text = fresh_flows(lab)
     after = read_queues(vm)
     lab.queue_baseline = after  # the next hop of a chain counts from here
-    delta = after.since(before)
-    rec.queue_packets["after"] = delta.to_json()
-    rec.queues_all_carried = not delta.silent()
     fresh = flows.analyze(flows.parse(text), (0.0, 0.0), 0.0, after)
-    rec.checks["fresh_flows"] = [{"flow": r.flow, "port": r.port, "queue": r.queue,
-                                  "sent": r.sent, "answered": r.answered} for r in fresh.flows]
-    flows.check_recovered(fresh, lab.cfg.vcpus, what="from the target", name="fresh flow")
-    queues.check_every_queue(delta, "on the target")
+    return Target(after.since(before), fresh,
+                  [{"flow": r.flow, "port": r.port, "queue": r.queue, "sent": r.sent,
+                    "answered": r.answered} for r in fresh.flows])
+
+
+def judge_target(target: Target | None, cfg: Config) -> None:
+    """Every fresh flow answered, every live queue pair carried packets both ways."""
+    if target is None:
+        return
+    flows.check_recovered(target.fresh, cfg.vcpus, what="from the target", name="fresh flow")
+    if target.queues_after is not None:
+        queues.check_every_queue(target.queues_after, "on the target")
 
 
 def fresh_flows(lab: Lab) -> str:

@@ -1,0 +1,266 @@
+"""The phases of a run, each a function of the Lab that returns what it observed.
+
+Boot the source, then one measured hop (start the target, migrate, switch the host
+side, resume), then verify. A chain calls the hop phases again on the same Lab.
+Each phase's caller keeps its result in the hop's harness.run.results.Hop, and
+harness.run.assemble makes the record; no phase writes a record.
+
+The shape follows the upstream test (tests/functional/x86_64/test_tap_migration.py
+of the series) with the changes that make it pass under TCG:
+- the prober runs at a bounded 1 kHz, and only around the migration, so the
+  guest's own ping checks are not drowned by a flood;
+- the outage is the hole between replies that overlaps [STOP, RESUME], not the
+  first and last "no answer yet" line of the whole log;
+- -nodefaults (no empty CD-ROM for SeaBIOS to wait on), a small sparse RAM file.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from harness.analysis import flows, ping
+from harness.errors import CheckFailed, InternalError, MigrationError, QEMUError
+from harness.qemu.vm import VM
+from harness.run import traffic
+from harness.run.config import GUEST_CIDR, HOST_CIDR, TAP0, TAP_MAC
+from harness.run.lab import Lab
+from harness.run.results import Hop, Icmp, Migration, Resumed, Switch
+
+ENDED = ("completed", "failed", "cancelled")
+
+
+def event_time(ev: dict[str, Any]) -> float:
+    ts = ev["timestamp"]
+    return float(ts["seconds"]) + float(ts["microseconds"]) / 1e6
+
+
+def boot_source(lab: Lab) -> float:
+    """The source QEMU, its guest up and answering both ways; seconds to boot."""
+    lab.source = lab.start_vm("source", incoming=False)
+    boot0 = time.monotonic()
+    lab.source.cmd("cont")
+    lab.guest.bring_up(lab.source, GUEST_CIDR, lab.cfg.boot_timeout)
+    boot_s = round(time.monotonic() - boot0, 3)
+    lab.log(f"source guest ready in {boot_s:.1f}s")
+    lab.notify("booted")
+    lab.guest_pings_host(lab.source)
+    lab.host_pings_guest()
+    return boot_s
+
+
+def start_target(lab: Lab) -> VM:
+    """An incoming QEMU on the same RAM file, listening on the migration socket."""
+    name = "target" if lab.hop == 0 else f"target-{lab.hop + 1}"
+    lab.target = lab.start_vm(name, incoming=True)
+    lab.target.cmd("migrate-incoming", uri=migration_uri(lab))
+    return lab.target
+
+
+def migration_uri(lab: Lab) -> str:
+    return f"unix:{lab.rundir / f'migration-{lab.hop + 1}.sock'}"
+
+
+def migrate(lab: Lab) -> Migration:
+    """Source to target; both must end completed, the source postmigrate, the target
+    paused. With pause_before_switchover, observers see the phase "switchover"."""
+    src, dst = pair(lab)
+    lab.notify("migrating")
+    lab.log(f"migrating ({lab.cfg.mode})...")
+    src.cmd("migrate", uri=migration_uri(lab))
+    status, src_at = migration_event(lab, src)
+    while status not in ENDED:
+        if status == "pre-switchover":
+            lab.notify("switchover")
+            src.cmd("migrate-continue", state="pre-switchover")
+        status, src_at = migration_event(lab, src)
+    _completed(src, dst, "source", status)
+    dst_status, dst_at = migration_end_event(lab, dst)
+    _completed(src, dst, "target", dst_status)
+    states = _runstate_past(src, "finish-migrate"), dst.cmd("query-status")["status"]
+    if states != ("postmigrate", "paused"):
+        raise MigrationError(f"after migration the source is {states[0]} and the target "
+                             f"{states[1]}; expected postmigrate and paused",
+                             side="source" if states[0] != "postmigrate" else "target",
+                             status="completed")
+    info = src.cmd("query-migrate")
+    downtime = float(info["downtime"]) if "downtime" in info else None
+    lab.notify("migrated")
+    return Migration(downtime, src_at, dst_at)
+
+
+def switch_host_side(lab: Lab) -> Switch | None:
+    """New-TAP: the host's IP and MAC follow the guest to the target's TAP. Local
+    mode moves nothing: the same kernel TAP serves the target."""
+    new = lab.target_tap()
+    if new == lab.host_tap:
+        return None
+    start = time.time()
+    lab.ns.move_host_side(lab.host_tap, new, HOST_CIDR, TAP_MAC)
+    lab.host_tap = new
+    return Switch(start, time.time())
+
+
+def resume(lab: Lab) -> Resumed:
+    """`cont` on the target, the source quits; the target becomes the next source."""
+    src, dst = pair(lab)
+    lab.notify("resuming")
+    sent = time.time()
+    dst.cmd("cont")
+    resumed = event_time(dst.wait_event("RESUME", timeout=10))
+    stopped = event_time(src.wait_event("STOP", timeout=10))
+    src.shutdown()
+    lab.source, lab.target = dst, None
+    lab.hop += 1
+    return Resumed(stopped, resumed, sent)
+
+
+def measured_hop(lab: Lab, hop: Hop) -> None:
+    """One migration with the probes running across it (ICMP, and the flows and TCP
+    connection of harness.run.traffic); each result kept in `hop` as it arrives, then
+    a flow that did not recover or a broken TCP connection fails the hop."""
+    cfg, src = lab.cfg, serving(lab)
+    if not lab.guest_servers:  # once per guest: its echo servers outlive a migration
+        lab.queue_baseline = traffic.start_servers(lab, src)
+        lab.guest_servers = True
+    with traffic.HopProbes(lab) as probes:
+        time.sleep(cfg.settle_s)
+        probes.read_source(src)
+        lab.notify("probing")
+        start_target(lab)
+        hop.migration = migrate(lab)
+        hop.switch = switch_host_side(lab)
+        hop.resumed = resumed = resume(lab)
+        lab.notify("resumed")
+        recovered = probes.wait_recovered(resumed.resume)
+        time.sleep(cfg.tail_s)
+        hop.logs = logs = probes.stop(recovered)
+    hop.icmp = icmp_result(ping.parse(logs.ping), resumed)
+    hop.traffic = traffic.analyze(lab, logs, resumed)
+    traffic.judge(hop.traffic, cfg)
+
+
+def icmp_result(icmp: ping.PingLog, resumed: Resumed) -> Icmp:
+    """The ICMP outage around [STOP, RESUME], and when the unanswered requests were sent."""
+    sent = ping.send_times(icmp)
+    answered = {p.seq for p in icmp.lines if p.rtt_ms is not None}
+    lost = [t for s, t in sent.items() if s not in answered and s <= max(answered, default=0)]
+    return Icmp(ping.analyze(icmp, window=resumed.window),
+                flows.when_lost(lost, resumed.window))
+
+
+def verify(lab: Lab, hop: Hop, tap0_index: int) -> None:
+    """The guest answers both ways on the target, local mode kept the very same
+    TAP, fresh flows are answered on every live queue pair, and the outage lies in
+    [STOP - eps, RESUME + eps]."""
+    dst = serving(lab)
+    if lab.local:
+        hop.same_tap = same_tap(lab, dst, tap0_index)
+    lab.guest_pings_host(dst)
+    lab.host_pings_guest()
+    hop.target = traffic.verify_target(lab)
+    traffic.judge_target(hop.target, lab.cfg)
+    hop.epsilon_ms = traffic.epsilon_ms(lab)
+    if hop.icmp is None or hop.resumed is None:
+        raise InternalError("verify ran on a hop without its ICMP result")
+    check_window(hop.icmp.analysis, hop.resumed, hop.epsilon_ms)
+
+
+# -- helpers of the phases ---------------------------------------------------------------
+
+
+def serving(lab: Lab) -> VM:
+    """The QEMU that runs the guest now."""
+    if lab.source is None:
+        raise InternalError("a phase that needs the serving QEMU ran without one")
+    return lab.source
+
+
+def pair(lab: Lab) -> tuple[VM, VM]:
+    if lab.source is None or lab.target is None:
+        raise InternalError("a migration phase ran without both a source and a target")
+    return lab.source, lab.target
+
+
+def migration_event(lab: Lab, vm: VM) -> tuple[str, float]:
+    """The next MIGRATION status change on one side, and when QEMU emitted it."""
+    ev = vm.wait_event("MIGRATION", timeout=lab.cfg.migrate_timeout)
+    return str(ev["data"]["status"]), event_time(ev)
+
+
+def migration_end(lab: Lab, vm: VM) -> str:
+    """The terminal MIGRATION status on one side: completed, failed or cancelled."""
+    return migration_end_event(lab, vm)[0]
+
+
+def migration_end_event(lab: Lab, vm: VM) -> tuple[str, float]:
+    """The terminal MIGRATION status on one side, and when QEMU emitted it."""
+    while (status := migration_event(lab, vm))[0] not in ENDED:
+        pass
+    return status
+
+
+def same_tap(lab: Lab, dst: VM, tap0_index: int) -> dict[str, list[int]]:
+    """Local migration: the very same kernel TAP keeps serving, after the source is gone;
+    the evidence, for the record's checks."""
+    before = lab.ns.stats(TAP0)
+    lab.host_pings_guest()
+    after = lab.ns.stats(TAP0)
+    evidence = {"tap0_ifindex": [tap0_index, after.ifindex],
+                "tap0_rx_packets": [before.rx_packets, after.rx_packets],
+                "tap0_tx_packets": [before.tx_packets, after.tx_packets]}
+    if after.ifindex != tap0_index:
+        raise CheckFailed(f"{TAP0} changed ifindex from {tap0_index} to {after.ifindex}",
+                          check="same-tap")
+    if not (after.rx_packets > before.rx_packets and after.tx_packets > before.tx_packets):
+        raise CheckFailed(f"{TAP0} counters did not rise while the target guest answered "
+                          f"ping (rx {before.rx_packets}->{after.rx_packets}, "
+                          f"tx {before.tx_packets}->{after.tx_packets})", check="same-tap")
+    if not dst.is_running():
+        raise CheckFailed("the target QEMU died after migration", check="same-tap")
+    return evidence
+
+
+def check_window(icmp: ping.Analysis, resumed: Resumed, epsilon_ms: float) -> None:
+    """The outage must lie within [STOP - eps, RESUME + eps]: the network went down
+    no earlier than the guest stopped, and came back promptly after it resumed."""
+    start, end = icmp.blackout_start, icmp.blackout_end
+    if start is None or end is None:
+        raise CheckFailed("no replies around the migration window: the prober saw no "
+                          "outage boundaries (is the ping log empty?)", check="window")
+    eps = epsilon_ms / 1000
+    if start < resumed.stop - eps or end > resumed.resume + eps:
+        raise CheckFailed(
+            f"blackout [{start:.6f}, {end:.6f}] lies outside "
+            f"[STOP - {epsilon_ms:g} ms, RESUME + {epsilon_ms:g} ms] = "
+            f"[{resumed.stop - eps:.6f}, {resumed.resume + eps:.6f}]", check="window")
+
+
+def _completed(src: VM, dst: VM, side: str, end: str) -> None:
+    if end != "completed":
+        desc = _migration_error(src, dst)
+        raise MigrationError(f"migration {end} on the {side}: {desc}", side=side, status=end,
+                             error_desc=desc)
+
+
+def _runstate_past(vm: VM, transient: str, timeout: float = 5.0) -> str:
+    """The runstate once QEMU has left `transient`: the source announces MIGRATION
+    completed a moment before it moves from finish-migrate to postmigrate."""
+    deadline = time.monotonic() + timeout
+    while (state := str(vm.cmd("query-status")["status"])) == transient:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return state
+
+
+def _migration_error(src: VM, dst: VM) -> str:
+    try:
+        info = src.cmd("query-migrate")
+        desc = str(info.get("error-desc", "QEMU gave no error-desc"))
+    except QEMUError as exc:
+        desc = str(exc).splitlines()[0]
+    err = dst.stderr().strip().splitlines()
+    if dst.proc is not None and dst.proc.poll() is not None:  # e.g. the target was killed
+        desc += f"; the target QEMU exited with status {dst.proc.returncode}"
+    return desc + (f" (target said: {err[-1]})" if err else "")

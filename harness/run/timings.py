@@ -1,0 +1,31 @@
+"""Seconds per step of one hop, from the PhaseClock's wall-clock marks.
+
+Steps are consecutive: each runs from one mark to the next that exists, so a hop that
+failed or was interrupted still shows where its time went up to that point.
+"""
+
+from __future__ import annotations
+
+from harness.run.observer import PhaseClock
+
+# (step, the mark that ends it), in the order a hop reaches them. "switchover" is
+# reached only with pause_before_switchover, so it is not a step boundary.
+STEPS = (("settle", "probing"), ("start_target", "migrating"), ("migrate", "migrated"),
+         ("switch_host", "resuming"), ("cont", "resumed"), ("tail", "analysed"),
+         ("verify", "verified"), ("sample", "sampled"))
+
+
+def hop_timings(clock: PhaseClock) -> dict[str, float]:
+    """settle, start_target, migrate, switch_host, cont, tail, verify, sample: as many
+    as the hop got to."""
+    marks = clock.marks
+    last = marks.get("start")
+    out: dict[str, float] = {}
+    if last is None:
+        return out
+    for step, end in STEPS:
+        at = marks.get(end)
+        if at is None:
+            break
+        out[step], last = round(max(at - last, 0.0), 4), at
+    return out
