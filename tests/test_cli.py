@@ -20,11 +20,11 @@ import pytest
 
 import harness
 from harness.cache import default_cache
-from harness.cli.main import format_record
 from harness.guest.embedded import build_embedded
 from harness.qemu import accel
 from harness.record import RunRecord
 from harness.report.summary import build_report, write_report
+from harness.report.table import format_record
 from harness.vocabulary import Accel
 from tests.support import REPO, run_tapmig
 from tests.support import one_line_error as _one_line_error

@@ -26,6 +26,7 @@ from harness.report.compare import compare
 from harness.report.model import Report
 from harness.report.render import render_html, render_markdown
 from harness.report.summary import build_report
+from harness.report.table import traffic_rows
 from harness.run import traffic
 from harness.run.config import Config
 from harness.vocabulary import Mode
@@ -364,9 +365,9 @@ def test_compare_judges_the_traffic_figures_both_reports_have() -> None:
 def test_run_table_has_a_line_per_traffic_check_that_ran() -> None:
     rec = traffic_records([60.0])[0]
     rec.queues, rec.queues_live, rec.queues_all_carried, rec.tcp_rto = 4, 4, True, False
-    assert dict(traffic.table_rows(rec)) == {
+    assert dict(traffic_rows(rec)) == {
         "queues live": "4 of 4 (4 vCPUs); all carried traffic on the target: yes",
         "8 UDP flows": "worst blackout 60 ms, best - (spread 5 ms); lost 1",
         "TCP (sparse)": "stall 60 ms, retransmissions 1, RTO no"}
     quiet = RunRecord(mode="local", qemu="/q", qemu_version="1", accel="tcg", guest="g")
-    assert traffic.table_rows(quiet) == []  # a record from before, or --flows 0 --tcp off
+    assert traffic_rows(quiet) == []  # a record from before, or --flows 0 --tcp off

@@ -17,12 +17,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from harness.analysis import trend
 from harness.campaign import loop, measure
 from harness.guest.embedded import build_embedded
 from harness.qemu.capabilities import query_capabilities
 from harness.qemu.vm import VM
 from harness.record import RunRecord
 from harness.report.render import render_markdown
+from harness.run import footprint
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Phase
@@ -35,12 +37,7 @@ TARGETS = {"boot_s": 8.0, "duration_s": 30.0, "resolution_ms": 1.0}
 
 def vm_rss_kib(vm: VM) -> int:
     """Peak resident set of one QEMU (VmHWM), from /proc."""
-    if vm.pid is None:
-        return 0
-    for line in Path(f"/proc/{vm.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+    return 0 if vm.pid is None else footprint.rss_kib(vm.pid, "VmHWM")
 
 
 @dataclass
@@ -114,7 +111,6 @@ def bench(qemu: str, modes: list[Mode], iterations: int, accel: AccelChoice, cac
 
 HOP_S = 1.5  # per hop, under TCG on this 2-core machine
 PER_100_S = 180.0  # wall time of 100 hops
-COUNTERS = ("qemu_fds", "qemu_tun_fds", "tap_queues_attached", "interfaces", "tapmig_fds")
 
 
 def _met(ok: bool) -> str:
@@ -160,7 +156,7 @@ def chain_lines(c: dict[str, Any], recs: list[RunRecord]) -> list[str]:
         ci = "" if rss["ci"] is None else f" [{rss['ci'][0]:+.1f}, {rss['ci'][1]:+.1f}]"
         lines.append(f"  tapmig RSS      {first:.1f} -> {last:.1f} MiB, {rss['per_hop']:+.1f} "
                      f"KiB/hop{ci}; {rss['note']} (target flat: {_met(not rss['flagged'])})")
-    grown = [f for m in COUNTERS if (f := _finding(c, m)) is not None]
+    grown = [f for m in trend.COUNTERS if (f := _finding(c, m)) is not None]
     lines.append("  no growth       " + ", ".join(
         f"{f['metric']} {f['first']:g} -> {f['last']:g}" for f in grown)
         + f" (target: {_met(not any(f['flagged'] or f['last'] > f['first'] for f in grown))})")

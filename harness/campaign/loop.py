@@ -17,6 +17,7 @@ from pathlib import Path
 from harness.campaign import measure
 from harness.campaign.shards import WHOLE
 from harness.record import RunRecord
+from harness.report import units
 from harness.run import scenario
 from harness.run.chain import Chain, ChainRun
 from harness.run.config import Config
@@ -44,7 +45,7 @@ class Tally:
         if self.total is None or not self.timed:
             return ""
         left = max(self.total - self.done, 0)
-        return f"; ETA {measure.duration_text(self.busy_s / self.timed * left)}"
+        return f"; ETA {units.duration(self.busy_s / self.timed * left)}"
 
     def skip(self, i: int, mode: Mode, label: str, head: str, why: str | None) -> None:
         self.skipped.add((label, mode))

@@ -30,7 +30,7 @@ from harness.host.check import check_host
 from harness.qemu import accel
 from harness.qemu.capabilities import query_capabilities, resolve_qemu
 from harness.record import RunRecord
-from harness.report import chain_summary
+from harness.report import chain_summary, units
 from harness.report.summary import Report, build_report, cpu_model, write_report
 from harness.run.assemble import placed
 from harness.run.config import Config
@@ -191,7 +191,7 @@ def describe(plan: Plan) -> str:
     if plan.hops is None:
         return f"{plan.total} runs: {plan.iterations} iterations x {size}, interleaved{where}"
     chains = "chains until the time is up" if plan.total is None else f"{plan.total} chains"
-    limit = "" if plan.duration_s is None else f", for at most {duration_text(plan.duration_s)}"
+    limit = "" if plan.duration_s is None else f", for at most {units.duration(plan.duration_s)}"
     return f"{chains} of {plan.hops} hops ({size}, interleaved{where}{limit})"
 
 
@@ -248,19 +248,10 @@ def preflight(plan: Plan, log: Log) -> dict[str, Setup]:
     return setups
 
 
-def duration_text(seconds: float) -> str:
-    s = round(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def result_text(rec: RunRecord) -> str:
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f} ms"
-
     if rec.status == "ok":
-        return f"blackout {ms(rec.blackout_ms)}, QMP downtime {ms(rec.downtime_ms)}"
+        return (f"blackout {units.ms(rec.blackout_ms, 1)}, "
+                f"QMP downtime {units.ms(rec.downtime_ms, 1)}")
     return f"FAILED: {(rec.error or 'no reason recorded').splitlines()[0]}"
 
 

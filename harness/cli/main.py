@@ -23,10 +23,10 @@ from harness.guest import assets
 from harness.guest.embedded import build_embedded, resolve
 from harness.host import rootless
 from harness.qemu.capabilities import query_capabilities
-from harness.record import RunRecord
 from harness.report.compare import compare, parse_threshold
 from harness.report.render import render_markdown
 from harness.report.summary import load_report
+from harness.report.table import format_record
 from harness.run import traffic
 from harness.run.config import Config
 from harness.run.scenario import run
@@ -65,30 +65,6 @@ def print_error(message: str) -> None:
     print(f"tapmig: error: {first}", file=sys.stderr)
     if detail:
         print("  " + detail.replace("\n", "\n  "), file=sys.stderr)
-
-
-def format_record(rec: RunRecord) -> str:
-    def num(v: float | int | None, unit: str = "") -> str:
-        return "-" if v is None else f"{v:g}{unit}"
-
-    rows = [
-        ("status", rec.status),
-        ("mode", f"{rec.mode} (queues={rec.queues}, vhost={'on' if rec.vhost else 'off'})"),
-        ("QEMU", f"{rec.qemu_version} {rec.qemu}"),
-        ("accelerator", f"{rec.accel}: {rec.accel_reason}"),
-        ("guest", rec.guest),
-        ("ping blackout", f"{num(rec.blackout_ms, ' ms')} (resolution "
-                          f"{num(rec.resolution_ms, ' ms')}, {rec.prober} prober every "
-                          f"{num(rec.interval_ms, ' ms')})"),
-        ("lost packets", f"{num(rec.lost)} (late replies: {num(rec.late_replies)})"),
-        ("QMP downtime", num(rec.downtime_ms, " ms")),
-        ("STOP -> RESUME", f"{num(rec.stop_resume_ms, ' ms')} (outage began "
-                           f"{num(rec.pre_stop_ms, ' ms')} before STOP)"),
-        *traffic.table_rows(rec),
-        ("run time", num(rec.duration_s, " s")),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def parse_window(text: str) -> tuple[float, float]:

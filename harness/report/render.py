@@ -7,7 +7,7 @@ import html
 import math
 import random
 
-from harness.report import chain_summary
+from harness.report import chain_summary, units
 from harness.report.model import (
     JUDGED,
     TRAFFIC_JUDGED,
@@ -23,8 +23,9 @@ TABLE_HEAD = ("build", "mode", "n", "blackout median ms [95% CI]", "blackout p95
               "QMP downtime median ms", "STOP→RESUME median ms", "lost median")
 
 
-def _ms(x: float | None) -> str:
-    return "—" if x is None else f"{x:.1f}"
+def _cell(x: float | None) -> str:
+    """A table cell in ms; the column's header names the unit."""
+    return units.ms(x, 1, "—", unit=False)
 
 
 def ci_text(ci: list[float] | None, digits: int = 1) -> str:
@@ -36,9 +37,9 @@ def _rows(report: Report) -> list[tuple[str, ...]]:
     for c in report.combinations:
         m = c.metrics
         b, lost = m["blackout_ms"], m["lost"].median
-        rows.append((c.build, c.mode, str(b.n), f"{_ms(b.median)} {ci_text(b.ci)}",
-                     _ms(b.p95), _ms(m["downtime_ms"].median),
-                     _ms(m["stop_resume_ms"].median), "—" if lost is None else f"{lost:g}"))
+        rows.append((c.build, c.mode, str(b.n), f"{_cell(b.median)} {ci_text(b.ci)}",
+                     _cell(b.p95), _cell(m["downtime_ms"].median),
+                     _cell(m["stop_resume_ms"].median), "—" if lost is None else f"{lost:g}"))
     return rows
 
 
@@ -50,7 +51,7 @@ TRAFFIC_HEAD = ("build", "mode", "worst-flow blackout median ms [95% CI]",
 def _traffic_rows(report: Report) -> list[tuple[str, ...]]:
     """The traffic figures (harness.run.traffic) of the combinations that have them."""
     def med(m: dict[str, Summary], k: str) -> str:
-        return _ms(m[k].median) if k in m else "—"
+        return _cell(m[k].median) if k in m else "—"
 
     rows: list[tuple[str, ...]] = []
     for c in report.combinations:
@@ -59,7 +60,7 @@ def _traffic_rows(report: Report) -> list[tuple[str, ...]]:
             continue
         worst = m.get("flow_blackout_ms")
         rows.append((c.build, c.mode, "—" if worst is None else
-                     f"{_ms(worst.median)} {ci_text(worst.ci)}", med(m, "flow_spread_ms"),
+                     f"{_cell(worst.median)} {ci_text(worst.ci)}", med(m, "flow_spread_ms"),
                      med(m, "flow_lost"), med(m, "tcp_stall_ms"), med(m, "tcp_retrans")))
     return rows
 

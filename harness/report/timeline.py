@@ -17,6 +17,7 @@ from harness.analysis import ping
 from harness.analysis.flows import FlowLog, late_after_ms
 from harness.analysis.tcp_stream import TcpLog
 from harness.record import RunRecord
+from harness.report import units
 
 LEFT, RIGHT, TOP = 120, 20, 52
 WIDTH = 1100
@@ -165,15 +166,15 @@ def draw_tcp(c: Canvas, rec: RunRecord, tcp: TcpLog, y0: float) -> None:
 
 
 def figures(rec: RunRecord) -> str:
-    def ms(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.1f} ms"
+    def na(v: float | None) -> str:
+        return units.ms(v, 1, "n/a")
 
-    parts = [f"ICMP blackout {ms(rec.blackout_ms)}", f"lost {rec.lost}"]
+    parts = [f"ICMP blackout {na(rec.blackout_ms)}", f"lost {rec.lost}"]
     if rec.flows:
-        parts += [f"worst of {rec.flows} flows {ms(rec.flow_blackout_ms)}",
-                  f"spread {ms(rec.flow_spread_ms)}", f"flow requests lost {rec.flow_lost}"]
+        parts += [f"worst of {rec.flows} flows {na(rec.flow_blackout_ms)}",
+                  f"spread {na(rec.flow_spread_ms)}", f"flow requests lost {rec.flow_lost}"]
     if rec.tcp != "off" and rec.tcp_detail:
-        parts += [f"TCP ({rec.tcp}) stall {ms(rec.tcp_stall_ms)}",
+        parts += [f"TCP ({rec.tcp}) stall {na(rec.tcp_stall_ms)}",
                   f"unechoed at STOP {rec.tcp_detail.get('backlog_at_stop')}",
                   f"retransmissions {rec.tcp_retrans}", f"RTO {'yes' if rec.tcp_rto else 'no'}"]
     return " · ".join(parts)

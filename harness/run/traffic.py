@@ -30,7 +30,6 @@ from harness.errors import InternalError, ProbeFailed, Unsupported, UsageError
 from harness.guest.spec import HELPER
 from harness.probes import driver
 from harness.qemu.vm import VM
-from harness.record import RunRecord
 from harness.run.config import EPSILON_MS, GUEST_IP, Config
 from harness.run.results import HopLogs, Resumed, Target, Traffic
 
@@ -61,28 +60,6 @@ def check_config(cfg: Config) -> None:
 def resolve_vcpus(value: int | str, queues: int) -> int:
     """--vcpus N, or "queues": one vCPU per queue pair, so that every queue is live."""
     return queues if value == "queues" else int(value)
-
-
-def table_rows(rec: RunRecord) -> list[tuple[str, str]]:
-    """The run table's lines for the traffic figures, where the run had them."""
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:g} ms"
-
-    rows = []
-    if rec.queues_live is not None:
-        carried = {True: "yes", False: "NO", None: "-"}[rec.queues_all_carried]
-        cpus = f"{rec.vcpus} vCPU{'s' if rec.vcpus != 1 else ''}"
-        rows.append(("queues live", f"{rec.queues_live} of {rec.queues} ({cpus}); "
-                                    f"all carried traffic on the target: {carried}"))
-    if rec.flows:
-        rows.append((f"{rec.flows} UDP flows", f"worst blackout {ms(rec.flow_blackout_ms)}, "
-                     f"best {ms(rec.flow_blackout_min_ms)} (spread {ms(rec.flow_spread_ms)}); "
-                     f"lost {rec.flow_lost if rec.flow_lost is not None else '-'}"))
-    if rec.tcp != "off":
-        rto = {True: "yes", False: "no", None: "-"}[rec.tcp_rto]
-        rows.append((f"TCP ({rec.tcp})", f"stall {ms(rec.tcp_stall_ms)}, retransmissions "
-                     f"{rec.tcp_retrans if rec.tcp_retrans is not None else '-'}, RTO {rto}"))
-    return rows
 
 
 def epsilon_ms(lab: Lab) -> float:
