@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from harness.analysis import ping
 from harness.analysis.flows import FlowLog, late_after_ms
 from harness.analysis.tcp_stream import TcpLog
+from harness.errors import InternalError
 from harness.record import RunRecord
 from harness.report import units
 
@@ -62,15 +63,22 @@ def flow_lanes(rec: RunRecord, log: FlowLog) -> list[Lane]:
     return lanes
 
 
+def window(rec: RunRecord) -> tuple[float, float]:
+    """STOP and RESUME: every picture is drawn around them."""
+    if rec.stop_ts is None or rec.resume_ts is None:
+        raise InternalError("a timeline was asked of a record without STOP and RESUME")
+    return rec.stop_ts, rec.resume_ts
+
+
 def span(rec: RunRecord, lanes: list[Lane], tcp: TcpLog | None) -> tuple[float, float]:
     """The time range to show, in s: the outage of every flow, with a margin."""
-    assert rec.stop_ts is not None and rec.resume_ts is not None
-    lo, hi = rec.stop_ts, rec.resume_ts
+    lo, hi = window(rec)
+    stop = lo
     for lane in lanes:
         lo = min([lo, *(t for t in lane.hole[:1] if t is not None)])
         hi = max([hi, *(t for t in lane.hole[1:] if t is not None)])
     if tcp is not None and rec.tcp_detail.get("stall_to_ms") is not None:
-        hi = max(hi, rec.stop_ts + rec.tcp_detail["stall_to_ms"] / 1000)
+        hi = max(hi, stop + rec.tcp_detail["stall_to_ms"] / 1000)
     return lo - BEFORE_MS / 1000, hi + AFTER_MS / 1000
 
 
@@ -183,9 +191,9 @@ def figures(rec: RunRecord) -> str:
 def draw(rec: RunRecord, icmp: ping.PingLog, flow_log: FlowLog | None,
          tcp: TcpLog | None) -> str:
     """The page for one hop; rec must carry STOP and RESUME and the flows' figures."""
-    assert rec.stop_ts is not None and rec.resume_ts is not None
+    stop, resume = window(rec)
     lanes = [icmp_lane(rec, icmp), *(flow_lanes(rec, flow_log) if flow_log else [])]
-    c = Canvas(*span(rec, lanes, tcp), rec.stop_ts)
+    c = Canvas(*span(rec, lanes, tcp), stop)
     bottom = TOP + len(lanes) * ROW
     for i, lane in enumerate(lanes):
         draw_lane(c, lane, TOP + i * ROW + ROW / 2)
@@ -195,7 +203,7 @@ def draw(rec: RunRecord, icmp: ping.PingLog, flow_log: FlowLog | None,
         height = bottom + 30 + TCP_HEIGHT + 20
     draw_axis(c, height)
     # STOP's label above RESUME's: the two lines may be a few pixels apart.
-    for t, label, top in ((rec.stop_ts, "STOP", TOP - 18), (rec.resume_ts, "RESUME", TOP - 4)):
+    for t, label, top in ((stop, "STOP", TOP - 18), (resume, "RESUME", TOP - 4)):
         c.vline(t, top, height, COLORS["stop"], label)
     return page(rec, c, height + 40)
 

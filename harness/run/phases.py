@@ -156,7 +156,6 @@ def verify(lab: Lab, hop: Hop, tap0_index: int) -> None:
     dst = serving(lab)
     if lab.local:
         hop.same_tap = same_tap(lab, dst, tap0_index)
-    lab.guest_pings_host(dst)
     lab.host_pings_guest()
     hop.target = traffic.verify_target(lab)
     traffic.judge_target(hop.target, lab.cfg)

@@ -30,7 +30,7 @@ from harness.errors import InternalError, ProbeFailed, Unsupported, UsageError
 from harness.guest.spec import HELPER
 from harness.probes import driver
 from harness.qemu.vm import VM
-from harness.run.config import EPSILON_MS, GUEST_IP, Config
+from harness.run.config import EPSILON_MS, GUEST_IP, HOST_IP, Config
 from harness.run.results import HopLogs, Resumed, Target, Traffic
 
 if TYPE_CHECKING:
@@ -40,7 +40,16 @@ UDP_PORT = flows.GUEST_PORT  # flow i on UDP_PORT + i, fresh flow i on UDP_PORT 
 SPORT = 47000  # the host's source port of flow i: SPORT + i
 FRESH_SPORT, FRESH_PORTS = 48000, 16000  # the fresh flows' source ports: 48000-63999
 FRESH_COUNT = 20  # requests per fresh flow on the target
-FRESH_INTERVAL = 0.01
+FRESH_INTERVAL = 0.005  # 8 flows x 200 requests/s: a tenth of a second per check
+# How long a flow prober waits for late replies once told to stop. The hop's probes
+# stop after the tail, which already waited tail_s past the last flow's recovery, and
+# a TCG guest answers within tens of ms once running: 0.1 s keeps the last requests
+# from counting as lost without adding 0.3 s per probe to every hop.
+DRAIN_S = 0.1
+# The guest pings the host (proving it can originate traffic on the target) in the
+# same console line as the queue reading, which saves a console round trip per hop.
+PING_HOST = "ping -c 1 -W 3 {host} >/dev/null && "
+PING_FAILED = '|| echo TAPMIG-GUEST-PING-"FAILED"'
 MAX_FLOWS = 64
 # Up to the line's end: the console may deliver "TAPMIG-LACKS-tapmig" before "-guest".
 LACKS = r"TAPMIG-LACKS-([\w-]+)\r?\n|TAPMIG-HAS-ALL"
@@ -103,7 +112,8 @@ class FlowProbe(driver.ProbeProcess):
     def __init__(self, log: Path, prefix: list[str], count: int, interval: float,
                  first: int = 0, sport: int = SPORT, requests: int | None = None) -> None:
         argv = [*prefix, sys.executable, "-m", "harness.probes.flow", "-k", str(count),
-                "-i", f"{interval:g}", "--port", str(UDP_PORT + first), "--sport", str(sport)]
+                "-i", f"{interval:g}", "--port", str(UDP_PORT + first), "--sport", str(sport),
+                "--drain", f"{DRAIN_S:g}"]
         if requests is not None:
             argv += ["--count", str(requests)]
         super().__init__([*argv, GUEST_IP], log)
@@ -187,7 +197,8 @@ class HopProbes:
     def stop(self, recovered: float | None) -> HopLogs:
         """Every probe's log. A prober that died on its own fails the run; the TCP one
         ends itself on a broken connection, which its log tells."""
-        assert self.pinger is not None
+        if self.pinger is None:
+            raise InternalError("the hop's probes were stopped before they started")
         text = self.pinger.stop()
         flow_text = self.flows.stop() if self.flows is not None else None
         tcp_text = self.tcp.finish()[0] if self.tcp is not None else None
@@ -222,14 +233,16 @@ def judge(result: Traffic, cfg: Config) -> None:
 
 
 def verify_target(lab: Lab) -> Target | None:
-    """On the target: fresh flows, which the TAP has never seen, each sent FRESH_COUNT
-    requests, and the guest's queue counters before and after them."""
-    if not lab.cfg.flows:
-        return None
+    """On the target: the guest pings the host, then fresh flows, which the TAP has
+    never seen, each sent FRESH_COUNT requests, and the guest's queue counters before
+    and after them. Without flows, the guest's ping alone."""
     vm = lab.source
     if vm is None:
         raise InternalError("the target checks ran without a serving QEMU")
-    before = read_queues(vm)
+    if not lab.cfg.flows:
+        lab.guest_pings_host(vm)
+        return None
+    before = read_queues(vm, before=PING_HOST.format(host=HOST_IP), after=PING_FAILED)
     text = fresh_flows(lab)
     after = read_queues(vm)
     lab.queue_baseline = after  # the next hop of a chain counts from here
@@ -256,7 +269,8 @@ def fresh_flows(lab: Lab) -> str:
     with FlowProbe(lab.rundir / "fresh-flows.log", lab.ns.exec_prefix(), lab.cfg.flows,
                    FRESH_INTERVAL, first=lab.cfg.flows, sport=sport,
                    requests=FRESH_COUNT) as probe:
-        assert probe.proc is not None
+        if probe.proc is None:
+            raise InternalError("the fresh-flow probe was entered but has no process")
         try:
             probe.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -267,10 +281,10 @@ def fresh_flows(lab: Lab) -> str:
     return text
 
 
-def read_queues(vm: VM, iface: str = "eth0", timeout: float = 20.0,
-                before: str = "") -> queues.QueueCounts:
+def read_queues(vm: VM, iface: str = "eth0", timeout: float = 20.0, before: str = "",
+                after: str = "") -> queues.QueueCounts:
     """The guest's counters now, typed into its console shell (after `before`, a
-    command prefix that must succeed first)."""
-    m = vm.run_console(f"{before}{HELPER} queues {iface}", queues.WHOLE_LINE, failure=queues.FAILED,
-                       timeout=timeout)
+    command prefix that must succeed first; `after` says if it did not)."""
+    m = vm.run_console(f"{before}{HELPER} queues {iface} {after}", queues.WHOLE_LINE,
+                       failure=f"{queues.FAILED}|TAPMIG-GUEST-PING-FAILED", timeout=timeout)
     return queues.QueueCounts.parse(m.group(0))
