@@ -5,8 +5,8 @@
      +-- UsageError             2  (message): bad input, an option, a path, a file
      +-- HostError              2  (message): this host cannot run it (no root, no ping ...)
      +-- Unsupported            2  reason: this QEMU or host lacks what the variant needs
-     +-- QEMUError              1  side, exit_status, stderr_tail, console_tail: a QEMU
-     |    |                        process failed
+     +-- QEMUError              1  side, argv, command_line, exit_status, stderr_tail,
+     |    |                        console_tail: a QEMU process failed
      |    +-- QMPCommandError   1  command, error_class, desc, and QEMUError's: QEMU refused
      +-- MigrationError         1  side, status, error_desc: a migration ended badly
      +-- CheckFailed            1  check: the migration completed, a network check failed
@@ -24,6 +24,9 @@ people: tests assert on the fields, never on the text, where the error has field
 """
 
 from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -60,14 +63,22 @@ class Unsupported(TapmigError):
 
 
 class QEMUError(TapmigError):
-    """A QEMU process failed: died, hung, or its monitor went away."""
+    """A QEMU process failed: died, hung, or its monitor went away.
+
+    argv is the exact command line that started it (the namespace prefix included), and
+    command_line the same as one shell-quoted string, which the run record keeps: the
+    failure can be reproduced from the record alone.
+    """
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, message: str, side: str, exit_status: int | None = None,
-                 stderr_tail: str = "", console_tail: str = "") -> None:
+    def __init__(self, message: str, side: str, argv: Sequence[str],
+                 exit_status: int | None = None, stderr_tail: str = "",
+                 console_tail: str = "") -> None:
         super().__init__(message)
         self.side = side
+        self.argv = tuple(argv)
+        self.command_line = shlex.join(self.argv)
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail
         self.console_tail = console_tail
@@ -78,8 +89,9 @@ class QMPCommandError(QEMUError):
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, side: str, command: str, error_class: str, desc: str) -> None:
-        super().__init__(f"{side}: {command} failed: {error_class}: {desc}", side)
+    def __init__(self, side: str, command: str, error_class: str, desc: str,
+                 argv: Sequence[str]) -> None:
+        super().__init__(f"{side}: {command} failed: {error_class}: {desc}", side, argv)
         self.command = command
         self.error_class = error_class
         self.desc = desc

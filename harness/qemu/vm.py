@@ -202,9 +202,9 @@ class VM:
         return "\n".join(parts)
 
     def _error(self, message: str) -> QEMUError:
-        """A QEMUError that carries this VM's side, exit status and both tails."""
+        """A QEMUError that carries this VM's side, command line, exit status and tails."""
         status = self.proc.returncode if self.proc is not None else None
-        return QEMUError(message, side=self.name, exit_status=status,
+        return QEMUError(message, side=self.name, argv=self.command_line(), exit_status=status,
                          stderr_tail=tail(self.stderr(), 8),
                          console_tail=tail(self.console_text(), 10))
 
@@ -219,7 +219,8 @@ class VM:
             ret = self._qmp.cmd(command, **arguments)
         except ExecuteError as exc:
             desc = exc.error.error.desc
-            raise QMPCommandError(self.name, command, exc.error_class, desc) from exc
+            raise QMPCommandError(self.name, command, exc.error_class, desc,
+                                  self.command_line()) from exc
         except TimeoutError as exc:  # QEMU is alive but its monitor does not answer
             raise self._error(f"{self.name}: {command}: no QMP reply within {self.qmp_timeout:g}s "
                           f"(QEMU hung or stopped?)\n{self.diagnostics()}") from exc
