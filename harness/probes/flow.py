@@ -19,18 +19,24 @@ Run inside the namespace: `nsenter --net=... python3 -m harness.probes.flow ...`
 from __future__ import annotations
 
 import argparse
-import os
-import select
-import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
 
-SCM_TIMESTAMPNS = getattr(socket, "SCM_TIMESTAMPNS", 35)
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+from harness.probes.base import (
+    TIMESTAMP_SPACE,
+    Program,
+    Schedule,
+    emit,
+    emit_at,
+    kernel_time,
+    kernel_timestamps,
+    readable,
+    realtime,
+)
+
 MAGIC = b"TMGF"
 REQUEST = struct.Struct("!4sHI")  # magic, flow, seq
 PAYLOAD = 32  # request size: the header, padded
@@ -51,15 +57,7 @@ def parse_reply(data: bytes) -> tuple[int, int, int] | None:
     return flow, seq, CPU_TAG.unpack_from(data, PAYLOAD)[0]
 
 
-def kernel_time(ancillary: list[tuple[int, int, bytes]], default: float) -> float:
-    for level, kind, raw in ancillary:
-        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
-            sec, nsec = struct.unpack("qq", raw[:16])
-            return float(sec + nsec / 1e9)
-    return default
-
-
-class FlowProber:
+class FlowProber(Program):
     def __init__(self, target: str, port: int, sport: int, flows: int,
                  interval: float) -> None:
         self.target, self.port = target, port
@@ -67,17 +65,13 @@ class FlowProber:
         self.socks: list[socket.socket] = []
         for i in range(flows):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            kernel_timestamps(sock)
             sock.bind(("", sport + i))
             sock.setblocking(False)
             self.socks.append(sock)
         self.sent: dict[tuple[int, int], float] = {}
         self.seqs = [0] * flows
         self.turn = 0
-        self.stopping = False
-
-    def emit(self, line: str) -> None:
-        sys.stdout.write(line + "\n")
 
     def send(self) -> None:
         flow = self.turn % len(self.socks)
@@ -86,16 +80,16 @@ class FlowProber:
         seq = self.seqs[flow]
         now = time.time()
         self.sent[flow, seq] = now
-        self.emit(f"[{now:.6f}] sent flow={flow} seq={seq}")
+        emit_at(now, f"sent flow={flow} seq={seq}")
         try:
             self.socks[flow].sendto(request(flow, seq), (self.target, self.port + flow))
         except OSError as exc:
-            self.emit(f"[{now:.6f}] send failed flow={flow} seq={seq}: {exc.strerror}")
+            emit_at(now, f"send failed flow={flow} seq={seq}: {exc.strerror}")
 
     def receive(self, sock: socket.socket) -> None:
         while True:
             try:
-                data, anc, _, _ = sock.recvmsg(256, socket.CMSG_SPACE(16))
+                data, anc, _, _ = sock.recvmsg(256, TIMESTAMP_SPACE)
             except (BlockingIOError, ConnectionRefusedError):
                 return  # an ICMP port unreachable surfaces here: the request counts as lost
             ts = kernel_time(anc, time.time())
@@ -104,38 +98,24 @@ class FlowProber:
                 continue
             flow, seq, cpu = got
             rtt = 1000 * (ts - self.sent[flow, seq])
-            self.emit(f"[{ts:.6f}] reply flow={flow} seq={seq} cpu={cpu} time={rtt:.3f} ms")
+            emit_at(ts, f"reply flow={flow} seq={seq} cpu={cpu} time={rtt:.3f} ms")
 
     def poll(self, timeout: float) -> None:
-        try:
-            ready, _, _ = select.select(self.socks, [], [], timeout)
-        except InterruptedError:
-            ready = []
-        for sock in ready:
+        for sock in readable(self.socks, timeout):
             self.receive(sock)
         sys.stdout.flush()
 
     def run(self, count: int | None, drain: float) -> None:
         flows = len(self.socks)
-        self.emit(f"FLOWS {flows} to {self.target} ports {self.port}-{self.port + flows - 1} "
-                  f"interval {1000 * self.tick * flows:g} ms")
-        next_send = time.monotonic()
-        while not self.stopping and (count is None or self.turn < count * flows):
-            now = time.monotonic()
-            if now >= next_send:
-                self.send()
-                next_send += self.tick
-                if next_send < now:  # descheduled: skip, never burst
-                    next_send = now + self.tick
-            self.poll(max(0.0, next_send - time.monotonic()))
+        emit(f"FLOWS {flows} to {self.target} ports {self.port}-{self.port + flows - 1} "
+             f"interval {1000 * self.tick * flows:g} ms")
+        self.paced(Schedule(self.tick), self.send, self.poll,
+                   lambda: count is None or self.turn < count * flows)
         end = time.monotonic() + drain
         while (left := end - time.monotonic()) > 0:
             self.poll(left)
-        self.emit(f"flows {flows} sent {len(self.sent)}")
+        emit(f"flows {flows} sent {len(self.sent)}")
         sys.stdout.flush()
-
-    def stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,13 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.flows <= 256 or not 0.0002 <= args.interval / args.flows <= 10:
         p.error("use 1 to 256 flows and at most 5000 requests per second in all")
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    except OSError:
-        pass  # unprivileged: normal policy, coarser edges
+    realtime()
     prober = FlowProber(args.target, args.port, args.sport, args.flows, args.interval)
-    signal.signal(signal.SIGINT, prober.stop)
-    signal.signal(signal.SIGTERM, prober.stop)
+    prober.stop_on_signals()
     prober.run(args.count, args.drain)
     return 0
 

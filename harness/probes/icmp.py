@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
-import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
+
+from harness.probes.base import (
+    TIMESTAMP_SPACE,
+    Program,
+    Schedule,
+    emit,
+    emit_at,
+    emit_now,
+    kernel_time,
+    kernel_timestamps,
+    readable,
+    realtime,
+)
 
 ECHO_REQUEST, ECHO_REPLY = 8, 0
 PAYLOAD = 56
-SCM_TIMESTAMPNS = getattr(socket, "SCM_TIMESTAMPNS", 35)
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 def checksum(data: bytes) -> int:
@@ -57,49 +65,41 @@ def parse_reply(packet: bytes, ident: int) -> tuple[int, int] | None:
     return seq, packet[8]
 
 
-class Prober:
+class IcmpProber(Program):
     def __init__(self, target: str, interval: float) -> None:
         self.target = target
         self.interval = interval
         self.ident = os.getpid() & 0xFFFF
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        kernel_timestamps(self.sock)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         self.sock.setblocking(False)
         self.sent: dict[int, float] = {}  # unwrapped seq -> wall-clock send time
         self.answered: set[int] = set()
         self.seq = 0
-        self.stopping = False
-
-    def emit(self, line: str) -> None:
-        sys.stdout.write(line + "\n")
 
     def send(self) -> None:
         if self.seq and self.seq not in self.answered:
-            self.emit(f"[{time.time():.6f}] no answer yet for icmp_seq={self.seq & 0xFFFF}")
+            emit_now(f"no answer yet for icmp_seq={self.seq & 0xFFFF}")
         self.seq += 1
         now = time.time()
         self.sent[self.seq] = now
         # Not a ping line: the exact send time, so the outage's first edge is known
         # to one interval (-O alone leaves the first unanswered request's time open).
-        self.emit(f"[{now:.6f}] sent icmp_seq={self.seq & 0xFFFF}")
+        emit_at(now, f"sent icmp_seq={self.seq & 0xFFFF}")
         try:
             self.sock.sendto(echo_request(self.ident, self.seq), (self.target, 0))
         except OSError as exc:
-            self.emit(f"[{now:.6f}] From {self.target} icmp_seq={self.seq & 0xFFFF} "
-                      f"send failed: {exc.strerror}")
+            emit_at(now, f"From {self.target} icmp_seq={self.seq & 0xFFFF} "
+                    f"send failed: {exc.strerror}")
 
     def receive(self) -> None:
         while True:
             try:
-                data, anc, _, _ = self.sock.recvmsg(2048, socket.CMSG_SPACE(16))
+                data, anc, _, _ = self.sock.recvmsg(2048, TIMESTAMP_SPACE)
             except BlockingIOError:
                 return
-            ts = time.time()
-            for level, kind, raw in anc:
-                if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
-                    sec, nsec = struct.unpack("qq", raw[:16])
-                    ts = sec + nsec / 1e9
+            ts = kernel_time(anc, time.time())
             got = parse_reply(data, self.ident)
             if got is None:
                 continue
@@ -111,38 +111,25 @@ class Prober:
             dup = " (DUP!)" if seq in self.answered else ""
             self.answered.add(seq)
             rtt = 1000 * (ts - self.sent[seq])
-            self.emit(f"[{ts:.6f}] {PAYLOAD + 8} bytes from {self.target}: "
-                      f"icmp_seq={seq16} ttl={ttl} time={rtt:.3f} ms{dup}")
+            emit_at(ts, f"{PAYLOAD + 8} bytes from {self.target}: "
+                    f"icmp_seq={seq16} ttl={ttl} time={rtt:.3f} ms{dup}")
+
+    def poll(self, timeout: float) -> None:
+        readable([self.sock], timeout)
+        self.receive()
+        sys.stdout.flush()
 
     def run(self) -> None:
-        self.emit(f"PING {self.target} ({self.target}) {PAYLOAD}({PAYLOAD + 28}) bytes of data.")
+        emit(f"PING {self.target} ({self.target}) {PAYLOAD}({PAYLOAD + 28}) bytes of data.")
         start = time.monotonic()
-        next_send = start
-        while not self.stopping:
-            now = time.monotonic()
-            if now >= next_send:
-                self.send()
-                # Keep the schedule; if we fell behind (descheduled), skip, never burst.
-                next_send += self.interval
-                if next_send < now:
-                    next_send = now + self.interval
-            wait = max(0.0, next_send - time.monotonic())
-            try:
-                select.select([self.sock], [], [], wait)
-            except InterruptedError:
-                pass
-            self.receive()
-            sys.stdout.flush()
+        self.paced(Schedule(self.interval, start), self.send, self.poll)
         elapsed = int(1000 * (time.monotonic() - start))
         tx, rx = self.seq, len(self.answered)
         loss = 100 * (tx - rx) // tx if tx else 0
-        self.emit(f"\n--- {self.target} ping statistics ---")
-        self.emit(f"{tx} packets transmitted, {rx} received, {loss}% packet loss, "
-                  f"time {elapsed}ms")
+        emit(f"\n--- {self.target} ping statistics ---")
+        emit(f"{tx} packets transmitted, {rx} received, {loss}% packet loss, "
+             f"time {elapsed}ms")
         sys.stdout.flush()
-
-    def stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,15 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0.0002 <= args.interval <= 10:
         p.error("interval must be between 0.0002 and 10 seconds (bounded probe rate)")
-    try:
-        # The guests under test are busy TCG threads on few cores; a 1 kHz prober that
-        # waits behind them samples the outage coarsely. It needs microseconds of CPU.
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    except OSError:
-        pass  # unprivileged: keep the normal policy; resolution_ms will show the cost
-    prober = Prober(args.target, args.interval)
-    signal.signal(signal.SIGINT, prober.stop)
-    signal.signal(signal.SIGTERM, prober.stop)
+    realtime()
+    prober = IcmpProber(args.target, args.interval)
+    prober.stop_on_signals()
     prober.run()
     return 0
 

@@ -9,6 +9,7 @@ the data it logs TCP_INFO whenever the retransmission state changes, with the
 acknowledged byte count, which names the message being retransmitted.
 
 Output, one line per event (wall-clock times):
+    [ts] connect retry N: REASON        the network refused connect N; retried
     [ts] connected LOCAL -> REMOTE
     [ts] tx seq=N                       a message handed to the socket
     [ts] rx seq=N                       its echo, verified
@@ -17,6 +18,8 @@ Output, one line per event (wall-clock times):
     summary {JSON}                      TCP_INFO and the namespace's TCP counters
 On SIGINT/SIGTERM it stops sending, waits up to --drain seconds for the echo of
 everything sent, prints the summary and exits 0, or 1 after an error line.
+A connect the network refuses is retried for --connect-retry seconds: on a
+new-TAP hop the host's address may still be moving between TAPs when it starts.
 
 Run inside the namespace: `nsenter --net=... python3 -m harness.probes.tcp ...`.
 """
@@ -24,19 +27,25 @@ Run inside the namespace: `nsenter --net=... python3 -m harness.probes.tcp ...`.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import select
-import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
+
+from harness.probes.base import Program, Schedule, emit, emit_at, emit_now, readable
 
 MSG = 64
 WATCH_S = 0.002
+# What connect meets while the host's address moves between TAPs (or before the
+# guest's nc listens): worth another try, for CONNECT_RETRY_S, every RETRY_PAUSE_S.
+RETRY_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED,
+                          errno.EADDRNOTAVAIL})
+CONNECT_RETRY_S = 5.0
+RETRY_PAUSE_S = 0.05
 HEADER = struct.Struct("!4sI")
 MAGIC = b"TMGT"
 # struct tcp_info up to tcpi_segs_in (linux/tcp.h): 8 u8, 24 u32, 4 u64, 2 u32.
@@ -83,10 +92,16 @@ class Failure(Exception):
         super().__init__(f"{kind}: {detail}")
 
 
-class Stream:
-    def __init__(self, target: str, port: int, interval: float) -> None:
+class Stream(Program):
+    """The connection, from connect to summary. SIGINT and SIGTERM count from the
+    first connect attempt, so a stop while retrying ends the retries."""
+
+    def __init__(self, target: str, port: int, interval: float,
+                 retry_s: float = CONNECT_RETRY_S) -> None:
         self.interval = interval
-        self.sock = socket.create_connection((target, port), timeout=10)
+        self.retries = 0
+        self.stop_on_signals()
+        self.sock = self.connect(target, port, retry_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
         self.counters0 = counters()
@@ -94,17 +109,28 @@ class Stream:
         self.inbuf = bytearray()
         self.sent = self.echoed = 0  # messages
         self.state: tuple[int, int, int] | None = None
-        self.stopping = False
         local, remote = self.sock.getsockname(), self.sock.getpeername()
-        self.emit(f"[{time.time():.6f}] connected {local[0]}:{local[1]} -> "
-                  f"{remote[0]}:{remote[1]}")
+        emit_now(f"connected {local[0]}:{local[1]} -> {remote[0]}:{remote[1]}")
 
-    def emit(self, line: str) -> None:
-        sys.stdout.write(line + "\n")
+    def connect(self, target: str, port: int, retry_s: float) -> socket.socket:
+        """A connected socket; a refusal in RETRY_ERRNOS is retried, with a line each
+        time, until retry_s have passed or a stop came. Then its error is raised."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return socket.create_connection((target, port), timeout=10)
+            except OSError as exc:
+                if (exc.errno not in RETRY_ERRNOS or self.stopping
+                        or time.monotonic() + RETRY_PAUSE_S > deadline):
+                    raise
+                self.retries += 1
+                emit_now(f"connect retry {self.retries}: {exc.strerror}")
+                sys.stdout.flush()
+                time.sleep(RETRY_PAUSE_S)
 
     def queue_message(self) -> None:
         self.out += message(self.sent)
-        self.emit(f"[{time.time():.6f}] tx seq={self.sent}")
+        emit_now(f"tx seq={self.sent}")
         self.sent += 1
 
     def flush(self) -> None:
@@ -136,7 +162,7 @@ class Stream:
                 magic, seq = HEADER.unpack_from(got)
                 what = f"message {seq}" if magic == MAGIC else "bytes of no message"
                 raise Failure("data", f"{what} arrived where message {self.echoed} was due")
-            self.emit(f"[{now:.6f}] rx seq={self.echoed}")
+            emit_at(now, f"rx seq={self.echoed}")
             self.echoed += 1
         if self.echoed > self.sent:
             raise Failure("data", "more came back than was sent")
@@ -148,18 +174,13 @@ class Stream:
         if state != self.state:
             self.state = state
             fields = " ".join(f"{k}={v}" for k, v in info.items())
-            self.emit(f"[{time.time():.6f}] tcpinfo {fields}")
+            emit_now(f"tcpinfo {fields}")
 
-    def step(self, deadline: float) -> None:
+    def step(self, timeout: float) -> None:
         # At most WATCH_S between two looks at TCP_INFO, so a retransmission is seen
         # while the message it resends is still the first unacknowledged one.
-        wait = min(max(0.0, deadline - time.monotonic()), WATCH_S)
-        want_write = [self.sock] if self.out else []
-        try:
-            readable, _, _ = select.select([self.sock], want_write, [], wait)
-        except InterruptedError:
-            readable = []
-        if readable:
+        wait = min(max(0.0, timeout), WATCH_S)
+        if readable([self.sock], wait, [self.sock] if self.out else []):
             self.receive()
         self.flush()
         self.watch()
@@ -173,31 +194,25 @@ class Stream:
         while self.echoed < 1:
             if time.monotonic() > end:
                 raise Failure("stalled", f"no echo within {timeout:g} s of connecting")
-            self.step(min(end, time.monotonic() + 0.05))
+            self.step(end - time.monotonic())
 
     def run(self, drain: float) -> None:
         self.warm_up(drain)
-        next_send = time.monotonic()
-        while not self.stopping:
-            if time.monotonic() >= next_send:
-                self.queue_message()
-                next_send = max(next_send + self.interval, time.monotonic())
-            self.step(next_send)
+        # A message late for its slot goes at once, then the schedule resumes.
+        self.paced(Schedule(self.interval, catch_up=True), self.queue_message, self.step)
         end = time.monotonic() + drain
         while self.echoed < self.sent:
             if time.monotonic() > end:
                 raise Failure("stalled", f"{self.sent - self.echoed} of {self.sent} messages "
                               f"still unechoed {drain:g} s after the last was sent")
-            self.step(min(end, time.monotonic() + 0.05))
+            self.step(end - time.monotonic())
 
     def summary(self) -> str:
         now = counters()
         delta = {k: now[k] - self.counters0.get(k, 0) for k in now}
         return "summary " + json.dumps({"messages": self.sent, "echoed": self.echoed,
+                                        "connect_retries": self.retries,
                                         "tcp_info": tcp_info(self.sock), "counters": delta})
-
-    def stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,25 +221,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="seconds between two messages")
     p.add_argument("--drain", type=float, default=10.0,
                    help="seconds to wait, once stopped, for the last echoes")
+    p.add_argument("--connect-retry", type=float, default=CONNECT_RETRY_S,
+                   help="seconds to retry a connect the network refuses")
     p.add_argument("target")
     p.add_argument("port", type=int)
     args = p.parse_args(argv)
     if not 0.0005 <= args.interval <= 10:
         p.error("interval must be between 0.0005 and 10 seconds")
+    if not 0 <= args.connect_retry <= 60:
+        p.error("--connect-retry must be between 0 and 60 seconds")
     try:
-        stream = Stream(args.target, args.port, args.interval)
+        stream = Stream(args.target, args.port, args.interval, args.connect_retry)
     except OSError as exc:
-        print(f"[{time.time():.6f}] error connect: {args.target}:{args.port}: {exc.strerror}")
+        emit_now(f"error connect: {args.target}:{args.port}: {exc.strerror}")
         return 1
-    signal.signal(signal.SIGINT, stream.stop)
-    signal.signal(signal.SIGTERM, stream.stop)
     status = 0
     try:
         stream.run(args.drain)
     except Failure as exc:
-        stream.emit(f"[{time.time():.6f}] error {exc}")
+        emit_now(f"error {exc}")
         status = 1
-    stream.emit(stream.summary())
+    emit(stream.summary())
     sys.stdout.flush()
     return status
 
