@@ -27,8 +27,8 @@ from harness.report.model import Report
 from harness.report.render import render_html, render_markdown
 from harness.report.summary import build_report
 from harness.report.table import traffic_rows
-from harness.run import traffic
 from harness.run.config import Config
+from harness.run.setup import check_traffic
 from harness.vocabulary import Mode
 
 STOP, RESUME = 1000.0, 1000.1
@@ -271,7 +271,7 @@ def test_tcp_messages_differ_and_counters_parse(tmp_path: Path) -> None:
 ])
 def test_bad_traffic_options_are_refused(kwargs: dict[str, float], word: str) -> None:
     with pytest.raises(UsageError, match=re.escape(word)):
-        traffic.check_config(Config("qemu", **kwargs))  # type: ignore[arg-type]
+        check_traffic(Config("qemu", **kwargs))  # type: ignore[arg-type]
 
 
 # --- the timeline ---------------------------------------------------------------------

@@ -17,11 +17,11 @@ from harness.host.check import check_host
 from harness.host.reaper import reap_orphans
 from harness.qemu import accel
 from harness.qemu.capabilities import Capabilities, query_capabilities
-from harness.run import traffic
 from harness.run.config import Config
 from harness.vocabulary import MODES, Accel
 
 Log = Callable[[str], None]
+MAX_FLOWS = 64
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,17 @@ class Setup:
     guest: Guest
     accel: Accel
     accel_reason: str
+
+
+def check_traffic(cfg: Config) -> None:
+    """The traffic options, refused in one line before anything starts."""
+    if not 1 <= cfg.vcpus <= 64:
+        raise UsageError(f"--vcpus {cfg.vcpus} is out of range; use 1 to 64")
+    if not 0 <= cfg.flows <= MAX_FLOWS:
+        raise UsageError(f"--flows {cfg.flows} is out of range; use 0 (none) to {MAX_FLOWS}")
+    if cfg.flows and not 0.0002 <= cfg.flow_interval / cfg.flows <= 10:
+        raise UsageError(f"flow interval {cfg.flow_interval:g} s for {cfg.flows} flows is "
+                         "out of range; keep all flows together under 5000 requests/s")
 
 
 def check_variant(cfg: Config, caps: Capabilities) -> None:
@@ -45,7 +56,7 @@ def check_variant(cfg: Config, caps: Capabilities) -> None:
     if cfg.mode == "local" and (missing := caps.missing_for_local()):
         raise Unsupported(f"{caps.qemu} ({caps.version}) cannot do local migration: "
                           f"missing {', '.join(missing)}")
-    traffic.check_config(cfg)
+    check_traffic(cfg)
     if cfg.vhost and caps.vhost_problem:
         raise Unsupported(f"vhost=on needs vhost-net: {caps.vhost_problem}")
 

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from harness.analysis import flows, ping, queues, tcp_stream
-from harness.errors import InternalError, ProbeFailed, Unsupported, UsageError
+from harness.errors import InternalError, ProbeFailed, Unsupported
 from harness.guest.spec import HELPER
 from harness.probes import driver
 from harness.qemu.vm import VM
@@ -50,20 +50,8 @@ DRAIN_S = 0.1
 # same console line as the queue reading, which saves a console round trip per hop.
 PING_HOST = "ping -c 1 -W 3 {host} >/dev/null && "
 PING_FAILED = '|| echo TAPMIG-GUEST-PING-"FAILED"'
-MAX_FLOWS = 64
 # Up to the line's end: the console may deliver "TAPMIG-LACKS-tapmig" before "-guest".
 LACKS = r"TAPMIG-LACKS-([\w-]+)\r?\n|TAPMIG-HAS-ALL"
-
-
-def check_config(cfg: Config) -> None:
-    """The traffic options, refused in one line before anything starts."""
-    if not 1 <= cfg.vcpus <= 64:
-        raise UsageError(f"--vcpus {cfg.vcpus} is out of range; use 1 to 64")
-    if not 0 <= cfg.flows <= MAX_FLOWS:
-        raise UsageError(f"--flows {cfg.flows} is out of range; use 0 (none) to {MAX_FLOWS}")
-    if cfg.flows and not 0.0002 <= cfg.flow_interval / cfg.flows <= 10:
-        raise UsageError(f"flow interval {cfg.flow_interval:g} s for {cfg.flows} flows is "
-                         "out of range; keep all flows together under 5000 requests/s")
 
 
 def resolve_vcpus(value: int | str, queues: int) -> int:
