@@ -263,7 +263,10 @@ def test_tcp_probe_retries_connect_while_the_address_moves(tapmig_namespace: Nam
     assert {why for _, why in retries} == {"Network is unreachable", "Connection refused"}
     log = tcp_stream.parse(probe.out)  # the analysis reads past the retry lines
     assert log.error is None and log.connection.endswith(f" -> {MOVING}:5000")
-    assert log.summary["connect_retries"] == len(retries)
+    assert log.summary["connect_retries"] == len(retries) == len(log.retries)
+    result = tcp_stream.analyze(log, (log.connected or 0.0, float("inf")))
+    assert result.connect_retries == len(retries)  # what the run's record says it retried
+    assert result.connect_retry_why == retries[-1][1]
     assert log.summary["echoed"] == log.summary["messages"] == len(log.tx) == len(log.rx) > 5
 
 

@@ -23,6 +23,7 @@ EVENT = re.compile(TS_PREFIX + r"(?P<dir>tx|rx) seq=(?P<seq>\d+)$")
 INFO = re.compile(TS_PREFIX + r"tcpinfo (?P<fields>.*)$")
 ERROR = re.compile(TS_PREFIX + r"error (?P<kind>\w+): (?P<detail>.*)$")
 SUMMARY = re.compile(r"^summary (?P<json>\{.*\})$")
+RETRY = re.compile(TS_PREFIX + r"connect retry (?P<n>\d+): (?P<why>.*)$")
 
 
 @dataclass
@@ -34,6 +35,8 @@ class TcpLog:
     infos: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     error: tuple[float, str, str] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    # connect attempts refused while the host side moved between TAPs, and why
+    retries: list[tuple[float, str]] = field(default_factory=list)
     last: str = ""  # the log's last line: a crashed prober's last words
 
 
@@ -51,6 +54,8 @@ def parse(text: str) -> TcpLog:
             log.error = float(m["ts"]), m["kind"], m["detail"]
         elif m := SUMMARY.match(line):
             log.summary = json.loads(m["json"])
+        elif m := RETRY.match(line):
+            log.retries.append((float(m["ts"]), m["why"]))
         if line.strip():
             log.last = line.strip()
     return log
@@ -76,6 +81,9 @@ class TcpResult:
     # written and when the retransmission happened.
     retransmitted: list[dict[str, float]]
     error: str | None
+    # connect retried while the host's address moved (a new-TAP hop); the last reason
+    connect_retries: int = 0
+    connect_retry_why: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +145,9 @@ def analyze(log: TcpLog, window: tuple[float, float]) -> TcpResult:
                          - sum(1 for t in log.rx.values() if t <= stop)),
         retrans=info.get("total_retrans"),
         rto=counters["TCPTimeouts"] > 0 if "TCPTimeouts" in counters else None,
-        counters=counters, retransmitted=retransmissions(log, stop), error=error)
+        counters=counters, retransmitted=retransmissions(log, stop), error=error,
+        connect_retries=len(log.retries),
+        connect_retry_why=log.retries[-1][1] if log.retries else None)
 
 
 def check(result: TcpResult, pattern: TcpPattern) -> None:
