@@ -6,7 +6,9 @@ tie correction (Gilbert 1987, ch. 16), so it needs no resampling and the same ho
 always give the same answer. Counters (fds, queues, interfaces) must be flat: any
 sustained rise is a leak. Memory and downtime are noisy, so they are flagged only when
 the interval excludes zero and the fitted change is large enough to matter; memory is
-judged on the second half of the chain, after its warm-up.
+judged on the second half of the chain, after its warm-up. Each finding carries its
+Theil-Sen intercept and the hops it was fitted on, so a report can draw the fitted line
+over exactly the points the verdict rests on; `shown` gives the whole series, thinned.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.record import RunRecord
 
 Z95 = 1.959963984540054
 MAX_POINTS = 2000  # above this the series is thinned evenly: 2M pairwise slopes, ~1 s
+SHOWN_POINTS = 200  # hops of a chain's series kept in report.json: enough to see a trend
 MIN_TREND = 10  # fewer hops than this: a slope is reported, but said to rest on too little
 RSS_LEAK_KIB = 2048  # fitted growth over a chain's second half below this is allocator noise
 DRIFT_FRACTION = 0.10  # fitted downtime change over a chain, as a fraction of its median
@@ -30,22 +33,29 @@ COUNTERS = ("qemu_fds", "qemu_tun_fds", "tap_queues_attached", "tap_queues_disab
             "interfaces", "tapmig_fds")
 MEMORY = ("qemu_anon_kib", "tapmig_rss_kib")
 DRIFTS = ("blackout_ms", "downtime_ms")
+UNITS = {"qemu_anon_kib": "KiB", "tapmig_rss_kib": "KiB", "blackout_ms": "ms",
+         "downtime_ms": "ms"}  # the rest are counts
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Slope:
-    """Change per hop, with its 95% interval (None when n is too small to have one)."""
+    """Change per hop, with its 95% interval (None when n is too small to have one), and
+    the intercept that puts the fitted line through the points: y = per_hop * x + intercept."""
 
     per_hop: float
     ci: tuple[float, float] | None
     n: int
+    intercept: float = 0.0
 
 
-def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    if len(points) <= MAX_POINTS:
+def _thin(points: list[T], limit: int = MAX_POINTS) -> list[T]:
+    """Evenly spaced, keeping the first and the last, so the span of the series stays."""
+    if len(points) <= limit:
         return points
-    step = (len(points) - 1) / (MAX_POINTS - 1)
-    return [points[round(k * step)] for k in range(MAX_POINTS)]
+    step = (len(points) - 1) / (limit - 1)
+    return [points[round(k * step)] for k in range(limit)]
 
 
 def _var_s(n: int, ys: Sequence[float]) -> float:
@@ -61,13 +71,16 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> Slope | None:
     if len({x for x, _ in points}) < 2:
         return None
     if len({y for _, y in points}) == 1:  # flat: every pairwise slope is zero
-        return Slope(0.0, (0.0, 0.0), n)
+        return Slope(0.0, (0.0, 0.0), n, points[0][1])
     slopes = sorted((y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points)
                     for x2, y2 in points[i + 1:] if x2 != x1)
     c = Z95 * math.sqrt(_var_s(n, [y for _, y in points]))
     lo, hi = math.ceil((len(slopes) - c) / 2) - 1, math.floor((len(slopes) + c) / 2)
     ci = (slopes[lo], slopes[hi]) if lo >= 0 and hi < len(slopes) else None
-    return Slope(float(statistics.median(slopes)), ci, n)
+    per_hop = float(statistics.median(slopes))
+    # Theil-Sen's intercept: the median residual of the fitted points, robust as the slope.
+    intercept = float(statistics.median(y - per_hop * x for x, y in points))
+    return Slope(per_hop, ci, n, intercept)
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,10 @@ class Finding:
     ci: tuple[float, float] | None
     flagged: bool
     note: str
+    # The fitted line, y = per_hop * hop + intercept, over the hops it was judged on
+    # (first, last); None where there is no slope, and in reports written before them.
+    intercept: float | None = None
+    fit_hops: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +148,7 @@ def judge(metric: str, kind: str, hops: list[int], ys: list[float], rule: Rule) 
     if len(ys) < MIN_TREND:
         note += f"; n={len(ys)} < {MIN_TREND} hops: too small a sample to rely on"
     return Finding(metric, kind, len(ys), ys[0], ys[-1], float(statistics.median(ys)),
-                   slope.per_hop, slope.ci, flagged, note)
+                   slope.per_hop, slope.ci, flagged, note, slope.intercept, (hops[0], hops[-1]))
 
 
 def series(rec: RunRecord) -> dict[str, float]:
@@ -153,11 +170,27 @@ def series(rec: RunRecord) -> dict[str, float]:
     return out
 
 
-def findings(recs: list[RunRecord]) -> list[Finding]:
-    """Every tracked figure of one chain's ok hops, in hop order."""
+def hop_rows(recs: list[RunRecord]) -> list[tuple[int, dict[str, float]]]:
+    """(hop, figures) of one chain's ok hops, in hop order: what trends are judged on."""
     ok = sorted((r for r in recs if r.status == "ok" and r.hop is not None),
                 key=lambda r: r.hop or 0)
-    rows = [(r.hop or 0, series(r)) for r in ok]
+    return [(r.hop or 0, series(r)) for r in ok]
+
+
+def shown(recs: list[RunRecord]) -> dict[str, list[Any]]:
+    """The whole series of every tracked figure against the hop, for a picture: columns
+    "hop" and one per figure (None where a hop lacks it), thinned to SHOWN_POINTS hops."""
+    rows = _thin(hop_rows(recs), SHOWN_POINTS)
+    out: dict[str, list[Any]] = {"hop": [hop for hop, _ in rows]}
+    for metric in COUNTERS + MEMORY + DRIFTS:
+        if any(metric in s for _, s in rows):
+            out[metric] = [s.get(metric) for _, s in rows]
+    return out
+
+
+def findings(recs: list[RunRecord]) -> list[Finding]:
+    """Every tracked figure of one chain's ok hops, in hop order."""
+    rows = hop_rows(recs)
     out = []
     for metrics, kind, rule in ((COUNTERS, "leak", _counter_rule),
                                 (MEMORY, "leak", _memory_rule), (DRIFTS, "drift", _drift_rule)):
