@@ -1,8 +1,10 @@
 """The chains of a report: per chain, how it ended, what QEMU held first and last, and
-which figures are flagged as leaking or drifting (harness.analysis.trend).
+which figures are flagged as leaking or drifting (harness.analysis.trend), and each
+figure's series against the hop, drawn by harness.report.soak_plot.
 
 Plain JSON-ready dicts, so report.json carries them and `tapmig report` can rebuild
-them from records alone.
+them from records alone. Summaries written before "series" existed still render,
+without the pictures.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import html
 import statistics
 from typing import Any
 
-from harness.analysis.trend import MIN_TREND, Finding, findings
+from harness.analysis.trend import MIN_TREND, UNITS, Finding, findings, shown
 from harness.record import RunRecord
+from harness.report import soak_plot
 
-UNITS = {"qemu_anon_kib": "KiB", "tapmig_rss_kib": "KiB", "blackout_ms": "ms",
-         "downtime_ms": "ms"}
 HEAD = ("chain", "mode", "QEMU", "hops ok", "median hop s", "QEMU fds", "TUN fds",
         "TAP queues attached", "QEMU anon MiB", "tapmig MiB", "interfaces",
         "blackout drift ms/100 hops [95% CI]", "end")
@@ -54,6 +55,7 @@ def summarize_chain(ident: str, recs: list[RunRecord]) -> dict[str, Any]:
         "first": prints[0] if prints else None, "last": prints[-1] if prints else None,
         "findings": [f.to_json() for f in found],
         "flags": [_flag_line(ident, f) for f in found if f.flagged],
+        "series": shown(recs),
     }
 
 
@@ -113,7 +115,8 @@ def markdown(chains: list[dict[str, Any]]) -> list[str]:
     return ["", "## Chains (one boot, many migrations): first → last hop", "", row(HEAD),
             "|" + "---|" * 3 + "--:|" * (len(HEAD) - 4) + "---|",
             *[row(r) for r in rows(chains)], "", "Leaks and drift:",
-            *[f"- {x}" for x in flags or ["none flagged"]]]
+            *[f"- {x}" for x in flags or ["none flagged"]],
+            *[line for c in chains for line in soak_plot.markdown(c)]]
 
 
 def html_section(chains: list[dict[str, Any]]) -> str:
@@ -126,4 +129,5 @@ def html_section(chains: list[dict[str, Any]]) -> str:
     flags = [x for c in chains for x in c["flags"]] or ["none flagged"]
     return (f"<h2>Chains (one boot, many migrations): first → last hop</h2><table>"
             f"<tr>{head}</tr>{body}</table><h3>Leaks and drift</h3><ul>"
-            + "".join(f'<li class="flag">{esc(x)}</li>' for x in flags) + "</ul>")
+            + "".join(f'<li class="flag">{esc(x)}</li>' for x in flags) + "</ul>"
+            + "".join(soak_plot.html_panels(c) for c in chains))
