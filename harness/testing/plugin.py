@@ -2,8 +2,10 @@
 
 Options: `--qemu PATH` (repeatable; default $TAPMIG_QEMU, an os.pathsep-separated
 list, or qemu-system-x86_64), `--accel auto|kvm|tcg` (default $TAPMIG_ACCEL or
-auto), `--tapmig-records DIR`. Every test that asks for `tapmig_qemu` runs once per
-QEMU. Fixtures:
+auto), `--tapmig-records DIR`, `--tapmig-require guest,root,series` (default
+$TAPMIG_REQUIRE; see harness.testing.require: a missing prerequisite named there
+fails the run instead of skipping). Every test that asks for `tapmig_qemu` runs once
+per QEMU. Fixtures:
 
     tapmig_qemu           the QEMU binary under test (parametrized per --qemu)
     tapmig_capabilities   what it can do, from QMP introspection (session-wide)
@@ -23,7 +25,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -34,8 +35,7 @@ from harness.cache import default_cache
 from harness.errors import HostError, UsageError
 from harness.guest.embedded import build_embedded
 from harness.guest.spec import Guest
-from harness.host import reaper, rootless
-from harness.host.devices import tun_problem
+from harness.host import reaper
 from harness.host.netns import Namespace
 from harness.host.rundir import SHM_DIR
 from harness.qemu.capabilities import Capabilities, query_capabilities
@@ -44,6 +44,8 @@ from harness.run import scenario
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer
+from harness.testing import require
+from harness.testing.require import host_problem, missing
 from harness.vocabulary import ACCEL_CHOICES, AccelChoice, as_accel_choice
 
 
@@ -64,6 +66,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="accelerator for guest-booting tests (default: $TAPMIG_ACCEL or auto)")
     group.addoption("--tapmig-records", type=Path, default=None,
                     help="also write each migration's run record (JSON) into this directory")
+    group.addoption("--tapmig-require", default=os.environ.get(require.ENV, ""),
+                    metavar="LIST",
+                    help="fail, naming it, where one of these is missing instead of "
+                         f"skipping: a comma-separated list of {', '.join(require.NEEDS)} "
+                         f"(default: ${require.ENV})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -73,6 +80,21 @@ def pytest_configure(config: pytest.Config) -> None:
         as_accel_choice(str(config.getoption("--accel")))
     except UsageError as exc:
         raise pytest.UsageError(f"$TAPMIG_ACCEL: {exc}") from exc
+    config.stash[require.REQUIRED] = require.parse(str(config.getoption("--tapmig-require")))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The required prerequisites, checked once before any test: a broken runner fails
+    here in one message naming each, rather than in every test (or green, skipped).
+    An xdist worker leaves it to the controller, which checked before starting it."""
+    config = session.config
+    needs = require.required(config)
+    if not needs or hasattr(config, "workerinput"):
+        return
+    if found := require.problems(needs, qemus(config)):
+        pytest.exit("tapmig: required prerequisites are missing (--tapmig-require="
+                    f"{','.join(sorted(needs))}):\n  " + "\n  ".join(found),
+                    returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -118,12 +140,13 @@ def tapmig_capabilities(tapmig_qemu: str) -> Capabilities:
 
 
 @pytest.fixture(scope="session")
-def tapmig_guest() -> Guest:
-    """The embedded guest; skips, naming why, on a host that cannot build it (no apt)."""
+def tapmig_guest(pytestconfig: pytest.Config) -> Guest:
+    """The embedded guest; skips, naming why, on a host that cannot build it (no apt),
+    or fails where the run requires the guest."""
     try:
         return build_embedded(default_cache())
-    except HostError as exc:
-        pytest.skip(f"cannot build the embedded guest here: {exc}")
+    except (HostError, OSError) as exc:  # an unwritable cache is a plain OSError
+        missing(pytestconfig, "guest", f"cannot build the embedded guest here: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -131,28 +154,20 @@ def tapmig_accel(pytestconfig: pytest.Config) -> AccelChoice:
     return as_accel_choice(str(pytestconfig.getoption("--accel")))
 
 
-def host_problem(need_tun: bool) -> str | None:
-    """Why this host cannot give a test namespaces (and TAPs), or None."""
-    if not rootless.privileged():
-        return f"needs root for network namespaces and TAPs (running as uid {os.geteuid()})"
-    if shutil.which("nsenter") is None:
-        return "nsenter (util-linux) is missing: it runs programs inside the namespace"
-    return tun_problem() if need_tun else None
-
-
 @pytest.fixture(scope="session")
-def tapmig_root_with_tun() -> None:
+def tapmig_root_with_tun(pytestconfig: pytest.Config) -> None:
     """Skip, naming the reason, where a migration cannot run: no root, no nsenter, or a
-    /dev/net/tun this user cannot open (e.g. crw------- root on a host without udev)."""
+    /dev/net/tun this user cannot open (e.g. crw------- root on a host without udev);
+    fail instead where the run requires root."""
     if why := host_problem(need_tun=True):
-        pytest.skip(why)
+        missing(pytestconfig, "root", why)
 
 
 @pytest.fixture
-def tapmig_namespace() -> Iterator[Namespace]:
+def tapmig_namespace(pytestconfig: pytest.Config) -> Iterator[Namespace]:
     """A fresh network namespace with only lo up, removed whatever the test does."""
     if why := host_problem(need_tun=False):
-        pytest.skip(why)
+        missing(pytestconfig, "root", why)
     with Namespace() as ns:
         yield ns
 
