@@ -5,7 +5,7 @@ list, or qemu-system-x86_64), `--accel auto|kvm|tcg` (default $TAPMIG_ACCEL or
 auto), `--tapmig-records DIR`, `--tapmig-require guest,root,series` (default
 $TAPMIG_REQUIRE; see harness.testing.require: a missing prerequisite named there
 fails the run instead of skipping). Every test that asks for `tapmig_qemu` runs once
-per QEMU. Fixtures:
+per QEMU, or, marked `qemu_independent`, on the first one only. Fixtures:
 
     tapmig_qemu           the QEMU binary under test (parametrized per --qemu)
     tapmig_capabilities   what it can do, from QMP introspection (session-wide)
@@ -17,7 +17,8 @@ per QEMU. Fixtures:
     tapmig_leak_check     fails a test that leaves a namespace, shm file, run dir or
                           child process behind; not autouse, request it as you like
 
-Marker: `kvm`, for tests that boot real guests (KVM where it works, else TCG).
+Markers: `kvm`, for tests that boot real guests (KVM where it works, else TCG);
+`qemu_independent`, for tests whose subject is tapmig's and not QEMU's.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "kvm: boots real guests under QEMU (KVM where usable, else TCG)")
+    config.addinivalue_line(
+        "markers", "qemu_independent: tapmig's behaviour, not QEMU's: runs on the first "
+                   "--qemu only")
     try:  # argparse checks --accel's value, not a default from $TAPMIG_ACCEL
         as_accel_choice(str(config.getoption("--accel")))
     except UsageError as exc:
@@ -131,6 +135,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         binaries = qemus(metafunc.config)
         ids = [Path(b).name if len(binaries) == 1 else f"qemu{i}"
                for i, b in enumerate(binaries)]
+        if metafunc.definition.get_closest_marker("qemu_independent") is not None:
+            binaries, ids = binaries[:1], ids[:1]
         metafunc.parametrize("tapmig_qemu", binaries, ids=ids, scope="session")
 
 
