@@ -12,10 +12,13 @@ per QEMU, or, marked `qemu_independent`, on the first one only. Fixtures:
     tapmig_guest          the embedded guest, built once and cached
     tapmig_accel          the accelerator asked for: auto, kvm or tcg
     tapmig_run            a factory: Config -> RunRecord, kept in --tapmig-records
+    tapmig_keep_record    keeps a record in --tapmig-records, named after the test
     tapmig_namespace      a private network namespace (harness.host.netns.Namespace)
     tapmig_root_with_tun  skips, naming why, where this host cannot run a migration
     tapmig_leak_check     fails a test that leaves a namespace, shm file, run dir or
                           child process behind; not autouse, request it as you like
+                          (what a session fixture keeps on purpose is registered in
+                          kept(config), harness.testing.leaks)
 
 Markers: `kvm`, for tests that boot real guests (KVM where it works, else TCG);
 `qemu_independent`, for tests whose subject is tapmig's and not QEMU's.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -36,7 +39,6 @@ from harness.cache import default_cache
 from harness.errors import HostError, UsageError
 from harness.guest.embedded import build_embedded
 from harness.guest.spec import Guest
-from harness.host import reaper
 from harness.host.netns import Namespace
 from harness.host.rundir import SHM_DIR
 from harness.qemu.capabilities import Capabilities, query_capabilities
@@ -45,9 +47,13 @@ from harness.run import scenario
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer
-from harness.testing import require
+from harness.testing import leaks, require
+from harness.testing.leaks import Kept, children, stat_fields
 from harness.testing.require import host_problem, missing
 from harness.vocabulary import ACCEL_CHOICES, AccelChoice, as_accel_choice
+
+__all__ = ["Kept", "RunFactory", "children", "kept", "missing", "qemus", "stat_fields"]
+KEPT = pytest.StashKey[Kept]()
 
 
 class RunFactory(Protocol):
@@ -85,6 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except UsageError as exc:
         raise pytest.UsageError(f"$TAPMIG_ACCEL: {exc}") from exc
     config.stash[require.REQUIRED] = require.parse(str(config.getoption("--tapmig-require")))
+    config.stash[KEPT] = Kept()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -99,6 +106,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit("tapmig: required prerequisites are missing (--tapmig-require="
                     f"{','.join(sorted(needs))}):\n  " + "\n  ".join(found),
                     returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def kept(config: pytest.Config) -> Kept:
+    """Where a session fixture registers what it keeps across tests on purpose."""
+    return config.stash[KEPT]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -179,56 +191,43 @@ def tapmig_namespace(pytestconfig: pytest.Config) -> Iterator[Namespace]:
 
 
 @pytest.fixture
-def tapmig_run(request: pytest.FixtureRequest,
-               tapmig_root_with_tun: None) -> RunFactory:
-    """Run one migration per call; with --tapmig-records, keep each record there,
-    named after the test."""
+def tapmig_keep_record(request: pytest.FixtureRequest) -> Callable[[RunRecord], None]:
+    """With --tapmig-records, keep each record given, named after the test (NAME.json,
+    NAME-2.json ...); without it, nothing."""
     records: Path | None = request.config.getoption("--tapmig-records")
     stem = re.sub(r"[^\w.-]+", "_", request.node.name)
     count = itertools.count(1)
 
-    def run(cfg: Config, observers: Sequence[Observer[Lab]] = (),
-            shm_dir: Path = SHM_DIR) -> RunRecord:
-        rec = scenario.run(cfg, log=print, observers=observers, shm_dir=shm_dir)
+    def keep(rec: RunRecord) -> None:
         if records is not None:
             n = next(count)
             records.mkdir(parents=True, exist_ok=True)
             rec.write(records / (f"{stem}.json" if n == 1 else f"{stem}-{n}.json"))
+
+    return keep
+
+
+@pytest.fixture
+def tapmig_run(tapmig_keep_record: Callable[[RunRecord], None],
+               tapmig_root_with_tun: None) -> RunFactory:
+    """Run one migration per call; with --tapmig-records, keep each record there,
+    named after the test."""
+
+    def run(cfg: Config, observers: Sequence[Observer[Lab]] = (),
+            shm_dir: Path = SHM_DIR) -> RunRecord:
+        rec = scenario.run(cfg, log=print, observers=observers, shm_dir=shm_dir)
+        tapmig_keep_record(rec)
         return rec
 
     return run
 
 
-def stat_fields(pid: int | str) -> tuple[str, list[str]] | None:
-    """A process's command name and the fields after it in /proc/PID/stat (the state
-    is [0], the parent [1], the start time [19]), or None once it is gone."""
-    try:
-        head, rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
-    except (OSError, ValueError):
-        return None
-    return head.split("(", 1)[1], rest.split()
-
-
-def children(ppid: int) -> set[tuple[int, str]]:
-    """The direct children of `ppid` (zombies included) as (pid, command name)."""
-    found = set()
-    for entry in Path("/proc").glob("[0-9]*"):
-        stat = stat_fields(entry.name)
-        if stat is not None and stat[1][1] == str(ppid):
-            found.add((int(entry.name), stat[0]))
-    return found
-
-
 @pytest.fixture
-def tapmig_leak_check() -> Iterator[None]:
+def tapmig_leak_check(pytestconfig: pytest.Config) -> Iterator[None]:
     """Fail the test that leaves a namespace, shm file, run dir or child process of
     this pytest behind (only what this process owns, so parallel workers do not
-    blame each other)."""
-    me = os.getpid()
-    before = set(reaper.leftovers(me))
-    kids_before = children(me)
-    yield
-    leaked = sorted(set(reaper.leftovers(me)) - before)
-    kids = sorted(children(me) - kids_before)
-    if leaked or kids:
-        pytest.fail(f"test leaked: {leaked + [f'process {pid} ({comm})' for pid, comm in kids]}")
+    blame each other; what a session fixture keeps on purpose is not the test's)."""
+    with leaks.watch(kept(pytestconfig)) as leaked:
+        yield
+    if leaked:
+        pytest.fail(f"test leaked: {leaked}")
