@@ -20,6 +20,9 @@ Interface = Literal["v12", "final", "none"]
 # The TCP connection kept open across the migration: a message every 1 ms, a
 # request/response every 50 ms, or none.
 TcpPattern = Literal["continuous", "sparse", "off"]
+# How a QEMU process ended at teardown (harness.qemu.vm): it honoured `quit` over QMP, it
+# needed SIGTERM or SIGKILL, or it had already exited (died, or quit on its own).
+ShutdownHow = Literal["quit", "sigterm", "sigkill", "exited"]
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 STATUSES: tuple[Status, ...] = get_args(Status)
