@@ -7,6 +7,7 @@ collide and a later run can reap what a killed one left behind.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from harness.errors import HostError, TapmigError
 from harness.proc import PREFIX, owner_pid, pid_alive, unique_name
 
 NETNS_DIR = Path("/run/netns")
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,11 @@ class Namespace:
                 for link in self._ipr.get_links():
                     if link.get("ifname") != "lo":
                         self._ipr.link("del", index=link["index"])
-            except (NetlinkError, OSError):
-                pass  # the namespace removal below takes the links with it
+            except (NetlinkError, OSError) as exc:
+                # The namespace removal below takes the links with it, and raises if it
+                # fails: nothing is left behind, but a failed delete is not normal.
+                LOG.warning("namespace %s: deleting its links failed (%s); removing the "
+                            "namespace takes them", self.name, exc)
             self._ipr.close()
             self._ipr = None
         remove(self.name)
