@@ -16,7 +16,7 @@ from types import TracebackType
 from pyroute2 import NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from harness.errors import HostError, TapmigError
+from harness.errors import HostError, InternalError, TapmigError
 from harness.proc import PREFIX, owner_pid, pid_alive, unique_name
 
 NETNS_DIR = Path("/run/netns")
@@ -73,7 +73,7 @@ class Namespace:
     @property
     def ipr(self) -> NetNS:
         if self._ipr is None:
-            raise TapmigError(f"namespace {self.name} is not open")
+            raise InternalError(f"namespace {self.name} is used only inside its with block")
         return self._ipr
 
     def exec_prefix(self) -> list[str]:

@@ -33,7 +33,7 @@ from typing import BinaryIO, NoReturn
 
 from harness import atomic
 from harness.cache import default_cache
-from harness.errors import EXIT_INTERRUPTED, HostError, TapmigError
+from harness.errors import EXIT_INTERRUPTED, HostError, InternalError, TapmigError
 from harness.qemu.source import (
     Log,
     Source,
@@ -125,7 +125,8 @@ def _ninja(build: Path, jobs: int, logf: BinaryIO, log: Log, failed_log: Path) -
         raise HostError("ninja not found; install ninja-build (ci/build-qemu does)") from None
     failed = ""
     with proc:
-        assert proc.stdout is not None
+        if proc.stdout is None:
+            raise InternalError("ninja's stdout is a pipe (Popen with stdout=PIPE)")
         for line in proc.stdout:
             logf.write(line)
             if line.startswith(b"FAILED: ") and not failed:
