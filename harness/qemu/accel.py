@@ -46,7 +46,7 @@ def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str |
             "-machine", "q35", "-accel", "kvm", "-m", "256", "-nodefaults", "-display", "none",
             "-no-reboot", *firmware_args(), "-kernel", str(guest.kernel), *initrd,
             "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1",
-            "-S",  # no RESUME racing the QMP greeting (see probe.probe); cont once connected
+            "-S",  # no RESUME racing the QMP greeting (see qemu.capabilities); cont once up
         ], Path(tmp))
         try:
             with vm:
