@@ -99,15 +99,19 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
         print(json.dumps(caps.to_json(), indent=2))
         return 0
     yes = {True: "yes", False: "NO"}
+    final = caps.tap_local_option or "x-local-migration-supported"
+    rows = [("migration parameter 'local'", yes[caps.local]),
+            ("v12 tap option 'incoming-fds'", yes[caps.incoming_fds]),
+            ("v12 virtio-net 'local-migration'", yes[caps.local_migration]),
+            (f"final tap option '{final}'", yes[caps.tap_local_option is not None]),
+            ("capability 'x-ignore-shared'", yes[caps.x_ignore_shared]),
+            ("vhost-net on this host",
+             "yes" if caps.vhost_problem is None else f"NO: {caps.vhost_problem}"),
+            ("interface of the series", caps.verdict())]
+    width = max(len(k) for k, _ in rows) + 1
     print(f"QEMU {caps.version} ({caps.qemu})")
-    print(f"  migration parameter 'local':        {yes[caps.local]}")
-    print(f"  v12 tap option 'incoming-fds':      {yes[caps.incoming_fds]}")
-    print(f"  v12 virtio-net 'local-migration':   {yes[caps.local_migration]}")
-    print(f"  capability 'x-ignore-shared':       {yes[caps.x_ignore_shared]}")
-    print(f"  vhost-net on this host:             "
-          f"{'yes' if caps.vhost_problem is None else 'NO: ' + caps.vhost_problem}")
-    print(f"  TAP option for local migration:     {caps.tap_local_option or 'NO'}")
-    print(f"  interface of the series:            {caps.verdict()}")
+    for label, value in rows:
+        print(f"  {label + ':':<{width}}  {value}")
     return 0
 
 
