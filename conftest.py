@@ -1,27 +1,37 @@
 """tapmig's own suite on top of its pytest plugin (harness.testing.plugin, loaded through
-the `pytest11` entry point): the leak check on for every test, and the `lab` bench.
+the `pytest11` entry point): the leak check on for every test, the `lab` bench, and the
+shared guests (`booted`, `hop`: tests/support/shared.py).
 
 Other projects get the plugin's fixtures without the autouse leak check; here every
-test must leave nothing behind.
+test must leave nothing behind but what a shared guest keeps on purpose.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from typing import Any
 
 import pytest
 
 from harness.guest.spec import Guest
 from harness.qemu import accel
 from harness.qemu.capabilities import Capabilities
+from harness.record import RunRecord
 from harness.run.config import Config
 from harness.run.lab import Lab
+from harness.run.observer import Observer
 from harness.run.setup import Setup
+from harness.testing.plugin import kept
 from harness.vocabulary import AccelChoice
+from tests.support import skip_unless_local
+from tests.support.shared import Hopper, Key, SharedGuest, setup_for
 
 # tapmig_installed: this checkout's wheel in a fresh venv, for tests of the package.
 pytest_plugins = ["tests.support.wheel"]
+# Every shared guest of the session, so that one left idle can be shut while a test
+# that boots its own guest runs: two TCG guests at once distort the outage.
+SHARED: list[SharedGuest] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,9 +40,75 @@ def pytest_configure(config: pytest.Config) -> None:
                                 "(pip install -e '.[test]', as ci/setup does)")
 
 
+def guest_of(item: pytest.Item) -> tuple[str, str] | None:
+    """(QEMU, Key) of the shared guest a test hops on, or None."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "booted" not in callspec.params:
+        return None
+    return str(callspec.params.get("tapmig_qemu")), str(callspec.params["booted"])
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest already runs the tests of one shared guest in a row (a session-scoped
+    parameter); within each such row, those that spend the guest go last, so that
+    they cost no extra boot."""
+    start = 0
+    while start < len(items):
+        end, guest = start + 1, guest_of(items[start])
+        while guest is not None and end < len(items) and guest_of(items[end]) == guest:
+            end += 1
+        items[start:end] = sorted(items[start:end],
+                                  key=lambda i: i.get_closest_marker("spends_guest") is not None)
+        start = end
+
+
 @pytest.fixture(autouse=True)
 def _leak_check(tapmig_leak_check: None) -> None:
     """The plugin's leak check, for every test of this suite."""
+
+
+@pytest.fixture(autouse=True)
+def _one_guest_at_a_time(request: pytest.FixtureRequest) -> None:
+    """A test without the shared guest (it boots its own, or times something) runs with
+    no shared guest idling beside it; the next user of that guest boots it again."""
+    if "booted" not in request.fixturenames:
+        for guest in SHARED:
+            guest.spend()
+
+
+@pytest.fixture(scope="session")
+def shared_setup(tapmig_capabilities: Capabilities, tapmig_guest: Guest,
+                 tapmig_accel: AccelChoice, tapmig_root_with_tun: None) -> Setup:
+    """What every shared guest of this QEMU starts from."""
+    return setup_for(tapmig_capabilities, tapmig_guest, tapmig_accel,
+                     Config(qemu=tapmig_capabilities.qemu).cache)
+
+
+@pytest.fixture(scope="session")
+def booted(request: pytest.FixtureRequest, shared_setup: Setup) -> Iterator[SharedGuest]:
+    """The shared guest of the Key the test is parametrized with (tests.support.shared.on),
+    on this QEMU; a local Key skips, naming what is missing, on a QEMU without the series."""
+    key: Key = request.param
+    skip_unless_local(shared_setup.caps, key.mode)
+    guest = SharedGuest(key, shared_setup, kept(request.config))
+    SHARED.append(guest)
+    yield guest
+    guest.close()
+    SHARED.remove(guest)
+
+
+@pytest.fixture
+def hop(booted: SharedGuest, tapmig_keep_record: Callable[[RunRecord], None]) -> Hopper:
+    """One hop of the shared guest per call (observers, then Config changes), its record
+    kept in --tapmig-records."""
+
+    def run(observers: tuple[Observer[Lab], ...] = (), **changes: Any) -> RunRecord:
+        rec = booted.hop(observers, **changes)
+        tapmig_keep_record(rec)
+        return rec
+
+    return run
 
 
 @pytest.fixture

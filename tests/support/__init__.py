@@ -1,6 +1,6 @@
 """What tapmig's own tests share: the repo root, the CLI runner and its one-line-error
-check, and the /proc scanner for child processes (children() is the plugin's, which its
-leak check uses).
+check, the skip of a local-mode case on a QEMU without the series, and the /proc
+scanner for child processes (children() is the plugin's, which its leak check uses).
 
 The pytest fixtures live in harness.testing.plugin (for any project) and the repo's
 conftest.py (for this suite only); this module holds plain functions.
@@ -13,9 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.testing.plugin import children, stat_fields
+import pytest
 
-__all__ = ["REPO", "children", "cmdline", "one_line_error", "run_tapmig", "stat_fields"]
+from harness.qemu.capabilities import Capabilities
+from harness.testing.plugin import children, stat_fields
+from harness.vocabulary import Mode
+
+__all__ = ["REPO", "children", "cmdline", "one_line_error", "run_tapmig", "skip_unless_local",
+           "stat_fields"]
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ERROR_PREFIX = "tapmig: error: "
@@ -56,3 +61,11 @@ def cmdline(pid: int) -> str:
             errors="replace")
     except OSError:
         return ""
+
+
+def skip_unless_local(caps: Capabilities, mode: Mode) -> None:
+    """A local-mode case on a QEMU without the series skips, naming what it lacks: that
+    QEMU really cannot do it (the required `series` is about the run having one that can)."""
+    if mode == "local" and (missing := caps.missing_for_local()):
+        pytest.skip(f"{caps.qemu} ({caps.version}) cannot do local migration: "
+                    f"missing {', '.join(missing)}")
