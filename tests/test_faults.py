@@ -1,15 +1,20 @@
 """Faults struck at a real migration, and what the harness and QEMU make of them.
 
 Each case runs real QEMU processes and kills, stops or starves one piece at a
-fixed phase, through the fault hook of the run's Config; "switchover" is the
-migration held at pre-switchover (Config.pause_before_switchover). The run must
-end with an error whose attributes name the side and QEMU's own words. Where
-QEMU promises that a failed or cancelled migration leaves the source serving,
-the test calls the scenario's own phases (boot_source, start_target, migrate:
-the very wait path of `tapmig run`) on a `lab`, so that the source can be
-checked before teardown. The autouse leak check proves nothing is left.
-Each test prints "fault-detection <case> <seconds>": the time from the fault
-to the harness's verdict (for a whole run, until it returned, teardown included).
+fixed phase, through an observer of the run; "switchover" is the migration held
+at pre-switchover (Config.pause_before_switchover). The run must end with an error
+whose attributes name the side and QEMU's own words.
+
+A fault the guest survives (the target killed or refused, a cancel, the prober
+killed) strikes a hop of the shared guest (tests/support/shared.py): the hop's
+record is what `tapmig run` would record, and the lab is left as the fault left
+it, so that the test then checks that the source still serves, as QEMU promises.
+The source killed ends that guest (spends it). Faults that freeze a QEMU, or that
+strike before a guest runs, are whole runs. What QEMU decides runs on each --qemu;
+what only the harness decides (a timeout, a dead prober, no room) runs once.
+The autouse leak check proves nothing is left. Each test prints
+"fault-detection <case> <seconds>": the time from the fault to the harness's
+verdict (for a whole run, until it returned, teardown included).
 """
 
 from __future__ import annotations
@@ -26,9 +31,7 @@ from typing import Any
 
 import pytest
 
-from harness.errors import MigrationError, QEMUError, QMPCommandError, TapmigError
 from harness.guest.spec import Guest
-from harness.qemu.capabilities import Capabilities
 from harness.qemu.vm import VM
 from harness.record import RunRecord
 from harness.run import phases
@@ -38,8 +41,10 @@ from harness.run.observer import Phase
 from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice
 from tests.support import children, cmdline
+from tests.support.shared import Hopper, Key, SharedGuest, on
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
+ONE_QUEUE = on(Key("new-tap", queues=1))
 
 # Generous next to a TCG boot (5-10 s) and a migration (well under 1 s).
 BOOT_TIMEOUT = 60.0
@@ -101,30 +106,21 @@ def fault_run(tapmig_run: RunFactory, tapmig_qemu: str, tapmig_guest: Guest,
     return run
 
 
-@pytest.fixture
-def lab_config(tapmig_capabilities: Capabilities) -> Config:
-    """A new-TAP run held at pre-switchover, where the guest is stopped, RAM is shared
-    and only the device state is still to go."""
-    return Config(qemu=tapmig_capabilities.qemu, queues=1, pause_before_switchover=True,
-                  boot_timeout=BOOT_TIMEOUT, migrate_timeout=MIGRATE_TIMEOUT)
+def fault_hop(hop: Hopper, fault: Fault, case: str, **changes: Any) -> RunRecord:
+    """One hop of the shared guest with the fault; it must fail, after the fault struck."""
+    rec = hop([fault], pause_before_switchover=fault.phase == "switchover",
+              **{"migrate_timeout": MIGRATE_TIMEOUT, **changes})
+    assert fault.at is not None, f"the hop ended before {fault.phase}: {rec.error}"
+    assert rec.duration_s is not None
+    report(f"{case} (hop)", rec.duration_s)
+    assert rec.status == "failed"
+    assert rec.failure is not None, rec
+    return rec
 
 
-def migrate_with_fault(lab: Lab, strike: Callable[[Lab], Any], case: str) -> TapmigError:
-    """The run's phases up to migrate(), with `strike` at pre-switchover: the error
-    migrate() raised."""
-    fault = Fault("switchover", strike)
-    lab.observers = (fault,)
-    phases.boot_source(lab)
-    phases.start_target(lab)
-    with pytest.raises(TapmigError) as caught:
-        phases.migrate(lab)
-    assert fault.at is not None
-    report(f"{case} (phases)", time.monotonic() - fault.at)
-    return caught.value
-
-
-def source_serves(lab: Lab) -> None:
+def serves(guest: SharedGuest) -> None:
     """The failed or cancelled migration left the source guest running and reachable."""
+    lab = guest.lab
     assert source(lab).cmd("query-status")["status"] == "running"
     lab.guest_pings_host(source(lab))
     lab.host_pings_guest()
@@ -133,57 +129,62 @@ def source_serves(lab: Lab) -> None:
 # -- a QEMU killed mid-migration ---------------------------------------------------------
 
 
-def test_target_killed_source_resumes_and_serves(lab: Lab) -> None:
+@ONE_QUEUE
+def test_target_killed_source_resumes_and_serves(booted: SharedGuest, hop: Hopper) -> None:
     """QEMU's contract: a failed outgoing migration restarts a guest that was running.
     QEMU does it itself (RESUME, no `cont` needed; 7.2 and 10.2 alike). QEMU gives the
     source no error-desc for a vanished peer, so the harness must say the target died."""
-    err = migrate_with_fault(lab, lambda lab: target(lab).kill(), "target-killed")
-    assert isinstance(err, MigrationError)
-    assert (err.side, err.status) == ("source", "failed")
-    assert "the target QEMU exited with status -9" in err.error_desc
-    source(lab).wait_event("RESUME", timeout=10)
-    source_serves(lab)
-
-
-def test_target_killed_run_records_the_dead_target(fault_run: Callable[..., RunRecord]) -> None:
-    rec = fault_run(Fault("switchover", lambda lab: target(lab).kill()), "target-killed")
+    rec = fault_hop(hop, Fault("switchover", lambda lab: target(lab).kill()), "target-killed")
     assert rec.failure is not None
     assert (rec.failure["kind"], rec.failure["side"], rec.failure["status"]) == (
         "MigrationError", "source", "failed")
     assert "the target QEMU exited with status -9" in rec.failure["error_desc"]
+    source(booted.lab).wait_event("RESUME", timeout=10)
+    serves(booted)
 
 
-def test_source_killed_target_fails_on_its_own(lab: Lab) -> None:
+@ONE_QUEUE
+@pytest.mark.spends_guest
+def test_source_killed_target_fails_on_its_own(booted: SharedGuest, hop: Hopper) -> None:
     """The target sees the stream end mid-load: it reports MIGRATION failed and exits
-    with QEMU's load error, rather than waiting for a source that is gone."""
-    err = migrate_with_fault(lab, lambda lab: source(lab).kill(), "source-killed")
-    assert isinstance(err, QEMUError)
-    assert (err.side, err.exit_status) == ("source", -9)
+    with QEMU's load error, rather than waiting for a source that is gone. The error
+    names the QEMU that died: a QEMUError's side is the QEMU's name, which on a guest
+    that already hopped is the target of the hop before."""
+    killed: list[str] = []
+
+    def kill(lab: Lab) -> None:
+        killed.append(source(lab).name)
+        source(lab).kill()
+
+    rec = fault_hop(hop, Fault("switchover", kill), "source-killed")
+    assert rec.failure is not None
+    assert (rec.failure["kind"], rec.failure["side"], rec.failure["exit_status"]) == (
+        "QEMUError", killed[0], -9)
+    lab = booted.lab
     dst = target(lab)
     assert phases.migration_end(lab, dst) == "failed"
     assert dst.proc is not None
     assert dst.proc.wait(timeout=10) == 1
     assert "load of migration failed" in dst.stderr()
+    booted.spend()
 
 
-def test_source_killed_run_records_the_source(fault_run: Callable[..., RunRecord]) -> None:
-    rec = fault_run(Fault("switchover", lambda lab: source(lab).kill()), "source-killed")
-    assert rec.failure is not None
-    assert (rec.failure["kind"], rec.failure["side"], rec.failure["exit_status"]) == (
-        "QEMUError", "source", -9)
-
-
-def test_cancel_at_switchover_source_resumes_and_serves(lab: Lab) -> None:
+@ONE_QUEUE
+def test_cancel_at_switchover_source_resumes_and_serves(booted: SharedGuest,
+                                                        hop: Hopper) -> None:
     """migrate_cancel is allowed at pre-switchover: the source ends cancelled and running;
     the target, cut off mid-load, fails and exits. The run's own migrate-continue then
     finds the migration no longer held, and QEMU's refusal is what the harness reports."""
-    err = migrate_with_fault(lab, lambda lab: source(lab).cmd("migrate_cancel"), "cancel")
-    assert isinstance(err, QMPCommandError)
-    assert (err.side, err.command, err.error_class) == (
-        "source", "migrate-continue", "GenericError")
-    assert "not in expected state" in err.desc
+    rec = fault_hop(hop, Fault("switchover", lambda lab: source(lab).cmd("migrate_cancel")),
+                    "cancel")
+    assert rec.failure is not None
+    assert (rec.failure["kind"], rec.failure["side"], rec.failure["command"],
+            rec.failure["error_class"]) == (
+        "QMPCommandError", "source", "migrate-continue", "GenericError")
+    assert "not in expected state" in rec.failure["desc"]
+    lab = booted.lab
     assert phases.migration_end(lab, source(lab)) == "cancelled"
-    source_serves(lab)
+    serves(booted)
     assert phases.migration_end(lab, target(lab)) == "failed"
 
 
@@ -205,6 +206,7 @@ def freeze(side: Callable[[Lab], VM]) -> Fault:
     return Fault("switchover", strike)
 
 
+@pytest.mark.qemu_independent
 def test_frozen_source_times_out_on_its_command(fault_run: Callable[..., RunRecord]) -> None:
     """The harness's next command to the source is migrate-continue: no reply in
     qmp_timeout must fail the run, naming the source, alive (no exit status)."""
@@ -214,6 +216,7 @@ def test_frozen_source_times_out_on_its_command(fault_run: Callable[..., RunReco
     assert "exit_status" not in rec.failure
 
 
+@pytest.mark.qemu_independent
 def test_frozen_target_ends_at_migrate_timeout(fault_run: Callable[..., RunRecord]) -> None:
     """A target frozen at switchover reads nothing more. Whether the source still
     completes depends on whether its remaining device state fits in the socket buffer
@@ -232,21 +235,24 @@ def test_frozen_target_ends_at_migrate_timeout(fault_run: Callable[..., RunRecor
 # -- QEMU or the guest cannot start ------------------------------------------------------
 
 
-def test_target_that_fails_to_start(fault_run: Callable[..., RunRecord],
+@ONE_QUEUE
+def test_target_that_fails_to_start(booted: SharedGuest, hop: Hopper,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad option on the target only: QEMU creates its QMP socket, then rejects the
-    -device and exits; the error must carry QEMU's stderr line."""
+    -device and exits; the error must carry QEMU's stderr line, and the source goes on."""
 
     def corrupt(lab: Lab) -> None:
         good = lab.vm_args
         monkeypatch.setattr(lab, "vm_args",
                             lambda incoming: [*good(incoming), "-device", "nonexistent"])
 
-    rec = fault_run(Fault("probing", corrupt), "target-bad-option")
+    rec = fault_hop(hop, Fault("probing", corrupt), "target-bad-option")
+    monkeypatch.undo()
     assert rec.failure is not None
     assert (rec.failure["kind"], rec.failure["side"], rec.failure["exit_status"]) == (
         "QEMUError", "target", 1)
     assert "'nonexistent' is not a valid device model name" in rec.failure["stderr_tail"]
+    serves(booted)
 
 
 def random_file(kernel: Path) -> bytes:
@@ -295,7 +301,9 @@ def own_children(word: str) -> list[int]:
     return [pid for pid, _comm in children(os.getpid()) if word in cmdline(pid)]
 
 
-def test_prober_killed(fault_run: Callable[..., RunRecord]) -> None:
+@ONE_QUEUE
+@pytest.mark.qemu_independent
+def test_prober_killed(booted: SharedGuest, hop: Hopper) -> None:
     """The prober dies mid-migration: its log would have a hole that looks like an outage,
     so the run must fail and say the prober died, not report a blackout."""
 
@@ -304,10 +312,13 @@ def test_prober_killed(fault_run: Callable[..., RunRecord]) -> None:
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)
 
-    rec = fault_run(Fault("switchover", kill_prober), "prober-killed")
-    assert rec.error is not None
-    # Pinger raises a plain TapmigError, which has no attributes to assert on.
-    assert "ping exited early with status -9" in rec.error
+    # No reply can come after RESUME from a dead prober: waiting 10 s for one would
+    # only delay the verdict this test is about.
+    rec = fault_hop(hop, Fault("switchover", kill_prober), "prober-killed",
+                    recover_timeout=1.0)
+    assert rec.failure is not None
+    assert (rec.failure["kind"], rec.failure["probe"], rec.failure["status"],
+            rec.failure["early"]) == ("ProbeFailed", "ping", -9, True)
     assert rec.blackout_ms is None
 
 
@@ -328,6 +339,7 @@ def tiny_shm(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=True)
 
 
+@pytest.mark.qemu_independent
 def test_no_room_for_guest_ram(tapmig_run: RunFactory, tapmig_qemu: str, tapmig_guest: Guest,
                                tapmig_accel: AccelChoice, tiny_shm: Path) -> None:
     """Refused before the guest's RAM file is made, naming the directory, both sizes and
