@@ -3,6 +3,7 @@
     class                    exit  fields: what it is
     TapmigError                 1  (message): every failure a user can act on
      +-- UsageError             2  (message): bad input, an option, a path, a file
+     |    +-- BuildInputError   2  path: a QEMU source or patch is missing or not QEMU's
      +-- HostError              2  (message): this host cannot run it (no root, no ping ...)
      +-- Unsupported            2  reason: this QEMU or host lacks what the variant needs
      +-- QEMUError              1  side, argv, command_line, exit_status, stderr_tail,
@@ -11,6 +12,8 @@
      +-- MigrationError         1  side, status, error_desc: a migration ended badly
      +-- CheckFailed            1  check: the migration completed, a network check failed
      +-- ProbeFailed            1  probe, status, last_line, early, timeout_s: a prober failed
+     +-- BuildFailed            1  step, status, error_line, log, log_tail: configure or
+     |                             ninja failed building QEMU
      +-- InternalError         70  invariant: a bug in tapmig, an invariant of its own broke
 
 Exit codes: 1 a failure, 2 bad input (nothing was started), 70 a bug in tapmig (EX_SOFTWARE
@@ -44,6 +47,17 @@ class UsageError(TapmigError):
     """The user asked for something malformed or impossible; nothing was started."""
 
     exit_code = EXIT_USAGE
+
+
+class BuildInputError(UsageError):
+    """A QEMU source or patch given to the builder is missing or is not QEMU's: nothing
+    was built. path is the one at fault, as given."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class HostError(TapmigError):
@@ -143,6 +157,26 @@ class ProbeFailed(TapmigError):
         self.last_line = last_line
         self.early = early
         self.timeout_s = timeout_s
+
+
+class BuildFailed(TapmigError):
+    """Building QEMU failed at a step ("configure" or "ninja") that exited with status.
+
+    error_line is the line of the build log that says what failed (configure's last
+    ERROR, ninja's first FAILED: target), "" when there is none; log is the path of the
+    kept build log, log_tail its last lines, so a CI job that keeps no cache can show why.
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, step: str, status: int, error_line: str, log: str,
+                 log_tail: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+        self.status = status
+        self.error_line = error_line
+        self.log = log
+        self.log_tail = log_tail
 
 
 class InternalError(TapmigError):

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import TapmigError
+from harness.errors import EXIT_FAILED, EXIT_USAGE, BuildFailed, BuildInputError, TapmigError
 from harness.qemu.build import CONFIGURE_FLAGS, build_qemu, cache_key, cached_binary
 from harness.qemu.source import (
-    BuildInputError,
     expand_patches,
     inspect_source,
     prepare_source,
@@ -213,19 +212,24 @@ def test_git_tree_builds_committed_head(tree: Path, tmp_path: Path) -> None:
     assert any("uncommitted changes" in line for line in lines)
 
 
-def test_bad_inputs_are_input_errors(tree: Path, tmp_path: Path) -> None:
-    with pytest.raises(BuildInputError, match="does not exist"):
-        inspect_source(tmp_path / "nowhere")
+def _bad_input(check: Callable[[], object]) -> str:
+    """The path a BuildInputError from check names; it is bad input, exit 2."""
+    with pytest.raises(BuildInputError) as err:
+        check()
+    assert err.value.exit_code == EXIT_USAGE
+    return err.value.path
+
+
+def test_bad_inputs_are_input_errors_naming_the_path(tree: Path, tmp_path: Path) -> None:
+    nowhere, zipped = tmp_path / "nowhere", _write(tmp_path / "qemu.zip", b"PK")
+    nope, empty = tmp_path / "nope.patch", tmp_path / "empty"
+    empty.mkdir()
+    assert _bad_input(lambda: inspect_source(nowhere)) == str(nowhere)
+    assert _bad_input(lambda: inspect_source(zipped)) == str(zipped)
+    assert _bad_input(lambda: expand_patches([nope])) == str(nope)
+    assert _bad_input(lambda: expand_patches([empty])) == str(empty)
     (tree / "configure").unlink()
-    with pytest.raises(BuildInputError, match="not a QEMU source tree"):
-        inspect_source(tree)
-    with pytest.raises(BuildInputError, match=r"not a \.tar\.xz"):
-        inspect_source(_write(tmp_path / "qemu.zip", b"PK"))
-    with pytest.raises(BuildInputError, match=r"patch .*nope\.patch does not exist"):
-        expand_patches([tmp_path / "nope.patch"])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(BuildInputError, match="has no"):
-        expand_patches([tmp_path / "empty"])
+    assert _bad_input(lambda: inspect_source(tree)) == str(tree)
 
 
 def test_tarball_without_configure_is_an_input_error(tmp_path: Path) -> None:
@@ -234,8 +238,7 @@ def test_tarball_without_configure_is_an_input_error(tmp_path: Path) -> None:
     tarball = tmp_path / "notqemu.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(tmp_path / "notqemu", arcname="notqemu")
-    with pytest.raises(BuildInputError, match="not a QEMU tarball"):
-        _prepare(tarball, [], tmp_path)
+    assert _bad_input(lambda: _prepare(tarball, [], tmp_path)) == str(tarball)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -284,6 +287,9 @@ case "$*" in
   *--enable-broken*) echo "ERROR: Dependency glib-2.0 not found"; exit 1;;
   *--enable-ds-bug*) echo "../x/pc-bios/meson.build:22:25: ERROR: File edk2.fd.bz2 does not exist."
                      echo "ERROR: meson setup failed"; exit 1;;
+  *--enable-cc-bug*) printf 'rule cc\n  command = echo "cc: error: no such thing"; exit 3\n' \
+                         > build.ninja
+                     echo 'build qemu-system-x86_64: cc' >> build.ninja; exit 0;;
 esac
 cat > build.ninja <<'NINJA'
 rule emu
@@ -325,20 +331,40 @@ def test_build_then_cached_on_a_fake_tree(tree: Path, fake: Path, tmp_path: Path
     assert cached_binary(tree, [], cache=fake) is None
 
 
+def _build_failure(tree: Path, fake: Path, flag: str) -> BuildFailed:
+    with pytest.raises(BuildFailed) as err:
+        build_qemu(tree, [], cache=fake, extra_configure=[flag], jobs=1, log=print)
+    assert err.value.exit_code == EXIT_FAILED  # a failed build, not bad input
+    return err.value
+
+
 def test_failed_configure_keeps_log_and_leaves_no_build(tree: Path, fake: Path) -> None:
-    with pytest.raises(TapmigError) as err:
-        build_qemu(tree, [], cache=fake, extra_configure=["--enable-broken"], log=print)
-    msg = str(err.value)
-    assert "configure failed (ERROR: Dependency glib-2.0 not found)" in msg
-    log = Path(msg.rsplit("see ", 1)[1])
+    err = _build_failure(tree, fake, "--enable-broken")
+    assert (err.step, err.status) == ("configure", 1)
+    assert err.error_line == "ERROR: Dependency glib-2.0 not found"
+    assert err.log_tail.splitlines()[-1] == err.error_line
+    log = Path(err.log)
     assert log.name.endswith(".failed.log") and "glib-2.0" in log.read_text()
     assert sorted(p.name for p in (fake / "qemu").iterdir()) == sorted(
         [log.name, log.name.replace(".failed.log", ".lock")])
 
 
 def test_pc_bios_meson_failure_hints_at_the_build_fix(tree: Path, fake: Path) -> None:
-    with pytest.raises(TapmigError, match=r"pc-bios/meson\.build.*debian-pc-bios-meson\.patch"):
-        build_qemu(tree, [], cache=fake, extra_configure=["--enable-ds-bug"], log=print)
+    err = _build_failure(tree, fake, "--enable-ds-bug")
+    assert (err.step, err.status) == ("configure", 1)
+    assert err.error_line.startswith("../x/pc-bios/meson.build:22:25: ERROR")
+    # The fix is what the message is for: no field holds it.
+    assert "--patch shared/qemu/build-fixes/debian-pc-bios-meson.patch" in str(err)
+
+
+@needs("ninja")
+def test_failed_ninja_names_the_target_and_keeps_the_log(tree: Path, fake: Path) -> None:
+    err = _build_failure(tree, fake, "--enable-cc-bug")
+    assert (err.step, err.status) == ("ninja", 1)  # ninja's own status for a failed edge
+    assert err.error_line.endswith("qemu-system-x86_64")
+    assert "cc: error: no such thing" in err.log_tail
+    assert "cc: error: no such thing" in Path(err.log).read_text()
+    assert not list((fake / "qemu").glob("*.tmp-*"))
 
 
 @needs("ninja")

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import BinaryIO, NoReturn
 
 from harness import atomic
 from harness.cache import default_cache
-from harness.errors import EXIT_INTERRUPTED, HostError, InternalError, TapmigError
+from harness.errors import EXIT_INTERRUPTED, BuildFailed, HostError, InternalError, TapmigError
 from harness.qemu.source import (
     Log,
     Source,
@@ -49,6 +50,7 @@ BUILD_RECIPE_VERSION = 1
 TARGET = "qemu-system-x86_64"
 PYTHON_DEPS = ("meson==1.9.0", "pycotap==1.3.1")  # as in QEMU's pythondeps.toml
 MESON_VENV = "pyvenv-meson-1.9.0"
+LOG_TAIL_LINES = 20  # of the build log, in a BuildFailed
 # x86_64 only and minimal, but with TCG, KVM, tap and vhost-net (shared/qemu/README.md).
 CONFIGURE_FLAGS = tuple("""--target-list=x86_64-softmmu --without-default-features --enable-tcg
     --enable-kvm --enable-vhost-net --enable-vhost-kernel --enable-pixman --enable-fdt=system
@@ -124,11 +126,13 @@ def _ninja(build: Path, jobs: int, logf: BinaryIO, log: Log, failed_log: Path) -
     except FileNotFoundError:
         raise HostError("ninja not found; install ninja-build (ci/build-qemu does)") from None
     failed = ""
+    tail: deque[bytes] = deque(maxlen=LOG_TAIL_LINES)
     with proc:
         if proc.stdout is None:
             raise InternalError("ninja's stdout is a pipe (Popen with stdout=PIPE)")
         for line in proc.stdout:
             logf.write(line)
+            tail.append(line)
             if line.startswith(b"FAILED: ") and not failed:
                 failed = line[8:].decode(errors="replace").strip()[:120]
             if m := re.match(rb"\[(\d+)/(\d+)\]", line):
@@ -138,21 +142,25 @@ def _ninja(build: Path, jobs: int, logf: BinaryIO, log: Log, failed_log: Path) -
                     log(f"build: [{done}/{total}] {pct}% after {_elapsed(start)}")
                     last, last_pct = time.monotonic(), pct
     if proc.returncode:
-        raise TapmigError(f"ninja failed ({failed or 'exit ' + str(proc.returncode)}); "
-                          f"see {failed_log}")
+        raise BuildFailed(f"ninja failed ({failed or 'exit ' + str(proc.returncode)}); "
+                          f"see {failed_log}", "ninja", proc.returncode, failed,
+                          str(failed_log), b"".join(tail).decode(errors="replace"))
     log(f"build: done after {_elapsed(start)}")
 
 
-def _configure_error(logpath: Path, failed_log: Path) -> TapmigError:
-    text = logpath.read_text(errors="replace")
-    if re.search(r"pc-bios/meson\.build:\d+:\d+: ERROR", text):
-        return TapmigError("meson setup failed in pc-bios/meson.build: a Debian +ds tarball "
+def _configure_error(logpath: Path, failed_log: Path, status: int) -> BuildFailed:
+    lines = logpath.read_text(errors="replace").splitlines()
+    tail = "".join(f"{ln}\n" for ln in lines[-LOG_TAIL_LINES:])
+    errors = [ln.strip() for ln in lines if "ERROR" in ln]
+    if pc_bios := [ln for ln in errors if re.search(r"pc-bios/meson\.build:\d+:\d+: ERROR", ln)]:
+        return BuildFailed("meson setup failed in pc-bios/meson.build: a Debian +ds tarball "
                            "needs --patch shared/qemu/build-fixes/debian-pc-bios-meson.patch "
-                           f"before the series; see {failed_log}")
-    errors = [ln.strip() for ln in text.splitlines() if "ERROR" in ln]
-    why = errors[-1][:160] if errors else "no ERROR line"
-    return TapmigError(f"configure failed ({why}); install the build dependencies "
-                       f"(ci/build-qemu does) or fix the flags; see {failed_log}")
+                           f"before the series; see {failed_log}", "configure", status,
+                           pc_bios[0][:160], str(failed_log), tail)
+    why = errors[-1][:160] if errors else ""
+    return BuildFailed(f"configure failed ({why or 'no ERROR line'}); install the build "
+                       f"dependencies (ci/build-qemu does) or fix the flags; see {failed_log}",
+                       "configure", status, why, str(failed_log), tail)
 
 
 @dataclass(frozen=True)
@@ -201,10 +209,11 @@ def _configure_and_make(plan: _Plan, python: Path, work: Path, logf: BinaryIO, j
     build = work / "build"
     build.mkdir()
     log(f"configure: {' '.join(plan.flags)}")
-    if run([str(tree / "configure"), f"--python={python}", *plan.flags], logf,
-           cwd=build).returncode:
+    status = run([str(tree / "configure"), f"--python={python}", *plan.flags], logf,
+                 cwd=build).returncode
+    if status:
         logf.flush()
-        raise _configure_error(work / "build.log", failed_log)
+        raise _configure_error(work / "build.log", failed_log, status)
     log(f"configure: done after {_elapsed(start)}; build: ninja {TARGET}")
     _ninja(build, jobs, logf, log, failed_log)
     return build

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from harness.errors import HostError, UsageError
+from harness.errors import BuildInputError, HostError, UsageError
 
 TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
 PATCH_SUFFIXES = (".patch", ".mbox", ".diff")
@@ -32,10 +32,6 @@ _FROM_LINE = re.compile(  # the mbox separator, e.g. "From 1a2b... Mon Sep 17 00
     rb"^From \S+ +[A-Z][a-z]{2} [A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d \d{4}[ \t]*$", re.M
 )
 Log = Callable[[str], None]
-
-
-class BuildInputError(UsageError):
-    """The inputs themselves are wrong (missing, not QEMU): exit 2, like any bad input."""
 
 
 def log_stderr(msg: str) -> None:
@@ -101,18 +97,22 @@ def _dir_digest(root: Path) -> str:
 def inspect_source(source: Path) -> Source:
     """Check that source exists and looks like QEMU, and identify its content."""
     if not source.exists():
-        raise BuildInputError(f"QEMU source {source} does not exist; pass a tarball or tree")
+        raise BuildInputError(f"QEMU source {source} does not exist; pass a tarball or tree",
+                              str(source))
     if source.is_file():
         if not source.name.endswith(TARBALL_SUFFIXES):
-            raise BuildInputError(f"{source} is not a .tar.xz/.tar.gz/.tar.bz2 QEMU tarball")
+            raise BuildInputError(f"{source} is not a .tar.xz/.tar.gz/.tar.bz2 QEMU tarball",
+                                  str(source))
         return Source(source, "tarball", sha256_file(source))
     if (source / ".git").exists():
         if _git(source, "cat-file", "-e", "HEAD:configure")[0]:
-            raise BuildInputError(f"{source} is not a QEMU git tree: HEAD has no configure")
+            raise BuildInputError(f"{source} is not a QEMU git tree: HEAD has no configure",
+                                  str(source))
         tree, commit = _git(source, "rev-parse", "HEAD^{tree}", "HEAD")[1].split()
         return Source(source, "git", tree, commit)
     if not (source / "configure").is_file():
-        raise BuildInputError(f"{source} is not a QEMU source tree: no configure at its top")
+        raise BuildInputError(f"{source} is not a QEMU source tree: no configure at its top",
+                              str(source))
     return Source(source, "dir", _dir_digest(source))
 
 
@@ -124,12 +124,14 @@ def expand_patches(paths: Sequence[Path]) -> list[Path]:
             found = sorted(p for p in path.iterdir()
                            if p.is_file() and p.name.endswith(PATCH_SUFFIXES))
             if not found:
-                raise BuildInputError(f"patch directory {path} has no *.patch/*.mbox/*.diff")
+                raise BuildInputError(f"patch directory {path} has no *.patch/*.mbox/*.diff",
+                                      str(path))
             out.extend(found)
         elif path.is_file():
             out.append(path)
         else:
-            raise BuildInputError(f"patch {path} does not exist; check the --patch path")
+            raise BuildInputError(f"patch {path} does not exist; check the --patch path",
+                                  str(path))
     return out
 
 
@@ -181,7 +183,7 @@ def apply_patch(tree: Path, data: bytes, name: str, logf: BinaryIO) -> None:
 def run(cmd: list[str], logf: BinaryIO | None = None, *, data: bytes | None = None,
          cwd: Path | None = None, env: dict[str, str] | None = None,
          ) -> subprocess.CompletedProcess[bytes]:
-    """Run cmd, its output into logf (or captured); a missing tool is a TapmigError."""
+    """Run cmd, its output into logf (or captured); a missing tool is a HostError."""
     out = logf if logf is not None else subprocess.PIPE
     err = subprocess.STDOUT if logf is not None else subprocess.PIPE
     try:
@@ -204,7 +206,8 @@ def prepare_source(
         tops = list((work / "extract").iterdir())
         tree = tops[0] if len(tops) == 1 and tops[0].is_dir() else work / "extract"
         if not (tree / "configure").is_file():
-            raise BuildInputError(f"{source.path} is not a QEMU tarball: no configure at its top")
+            raise BuildInputError(f"{source.path} is not a QEMU tarball: no configure at its "
+                                  "top", str(source.path))
     elif source.kind == "git":
         if _git(source.path, "status", "--porcelain", "--untracked-files=no")[1]:
             log(f"note: uncommitted changes in {source.path} are NOT built (HEAD only)")
