@@ -14,6 +14,10 @@
      +-- ProbeFailed            1  probe, status, last_line, early, timeout_s: a prober failed
      +-- BuildFailed            1  step, status, error_line, log, log_tail: configure or
      |                             ninja failed building QEMU
+     +-- DownloadFailed         1  url, status, reason, attempts, target: an asset did not
+     |                             download
+     +-- AssetCorrupt           1  asset, origin, expected, actual, quarantine: an asset's
+     |                             sha256 is not the pinned one
      +-- InternalError         70  invariant: a bug in tapmig, an invariant of its own broke
 
 Exit codes: 1 a failure, 2 bad input (nothing was started), 70 a bug in tapmig (EX_SOFTWARE
@@ -177,6 +181,48 @@ class BuildFailed(TapmigError):
         self.error_line = error_line
         self.log = log
         self.log_tail = log_tail
+
+
+class DownloadFailed(TapmigError):
+    """An asset could not be downloaded from url; target is where to put it by hand.
+
+    status is the HTTP error status of the last attempt, or None when it failed without
+    one (a timeout, a dropped connection, a short transfer); reason is what went wrong;
+    attempts counts the tries made (an HTTP 4xx is not retried).
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, url: str, status: int | None, reason: str,
+                 attempts: int, target: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.reason = reason
+        self.attempts = attempts
+        self.target = target
+
+
+class AssetCorrupt(TapmigError):
+    """A downloaded or cached asset's sha256 is not the pinned one; the file was moved to
+    quarantine (out of the cache, never booted) for the user to inspect.
+
+    origin says which it was: "downloaded" or "cached".
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, asset: str, origin: str, expected: str, actual: str,
+                 quarantine: str) -> None:
+        super().__init__(
+            f"{origin} {asset} has sha256 {actual}, expected {expected}; moved it to "
+            f"{quarantine}; fetch again, and if it recurs the upstream file changed: "
+            "fix assets.toml")
+        self.asset = asset
+        self.origin = origin
+        self.expected = expected
+        self.actual = actual
+        self.quarantine = quarantine
 
 
 class InternalError(TapmigError):

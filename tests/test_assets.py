@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import pytest
 
-from harness.errors import TapmigError
+from harness.errors import EXIT_FAILED, AssetCorrupt, DownloadFailed, TapmigError
 from harness.guest import assets
 from harness.guest.assets import (
     Asset,
@@ -165,14 +165,16 @@ def test_fetch_stores_verified_file_and_reuses_it(server: Server, cache: Path) -
 
 def test_download_with_wrong_hash_is_quarantined(server: Server, cache: Path) -> None:
     asset = server.serve("disk", Route(BODY), sha256="0" * 64)
-    with pytest.raises(TapmigError, match="quarantine") as err:
+    with pytest.raises(AssetCorrupt) as err:
         fetch(asset, cache, progress=False)
-    assert "0" * 64 in str(err.value)
-    assert hashlib.sha256(BODY).hexdigest() in str(err.value)
+    e = err.value
+    assert (e.asset, e.origin, e.expected) == ("disk", "downloaded", "0" * 64)
+    assert e.actual == hashlib.sha256(BODY).hexdigest()
+    assert e.exit_code == EXIT_FAILED
     assert not asset_path(asset, cache).exists()
     assert not part_of(asset, cache).exists()
     [moved] = quarantined(cache)
-    assert str(moved) in str(err.value)
+    assert e.quarantine == str(moved)
     assert moved.read_bytes() == BODY
 
 
@@ -180,9 +182,12 @@ def test_cached_file_that_changed_is_rehashed_and_quarantined(server: Server, ca
     asset = server.serve("disk", Route(BODY))
     path = fetch(asset, cache, progress=False)
     path.write_bytes(b"tampered")
-    with pytest.raises(TapmigError, match="cached disk has sha256"):
+    with pytest.raises(AssetCorrupt) as err:
         fetch(asset, cache, offline=True)
+    tampered = hashlib.sha256(b"tampered").hexdigest()
+    assert (err.value.origin, err.value.actual) == ("cached", tampered)
     assert not path.exists()
+    assert [str(p) for p in quarantined(cache)] == [err.value.quarantine]
     assert [p.read_bytes() for p in quarantined(cache)] == [b"tampered"]
 
 
@@ -224,9 +229,13 @@ def test_unresumable_partial_file_is_restarted(server: Server, cache: Path) -> N
 
 def test_404_fails_at_once_naming_the_url(server: Server, cache: Path) -> None:
     url = f"http://127.0.0.1:{server.server_address[1]}/gone.bin"
-    with pytest.raises(TapmigError, match="404") as err:
-        fetch(Asset("gone", "iso", "test", url, "0" * 64), cache, progress=False, retries=3)
-    assert url in str(err.value)
+    asset = Asset("gone", "iso", "test", url, "0" * 64)
+    with pytest.raises(DownloadFailed) as err:
+        fetch(asset, cache, progress=False, retries=3)
+    e = err.value
+    assert (e.url, e.status, e.attempts) == (url, 404, 1)
+    assert e.target == str(asset_path(asset, cache))
+    assert e.exit_code == EXIT_FAILED
     assert len(server.hits) == 1
 
 
@@ -238,8 +247,10 @@ def test_server_error_is_retried(server: Server, cache: Path) -> None:
 
 def test_persistent_server_error_gives_up_after_retries(server: Server, cache: Path) -> None:
     asset = server.serve("disk", Route(BODY, failures=99))
-    with pytest.raises(TapmigError, match=r"in 3 attempts \(HTTP 500"):
+    with pytest.raises(DownloadFailed) as err:
         fetch(asset, cache, progress=False, retries=2, backoff=0.01)
+    assert (err.value.status, err.value.attempts) == (500, 3)
+    assert err.value.reason.startswith("HTTP 500")
     assert len(server.hits) == 3
     assert not asset_path(asset, cache).exists()
 
@@ -247,9 +258,11 @@ def test_persistent_server_error_gives_up_after_retries(server: Server, cache: P
 def test_slow_server_times_out(server: Server, cache: Path) -> None:
     asset = server.serve("disk", Route(BODY, stall=2.0))
     began = time.monotonic()
-    with pytest.raises(TapmigError, match="timed out"):
+    with pytest.raises(DownloadFailed) as err:
         fetch(asset, cache, progress=False, timeout=0.3, retries=1, backoff=0)
     assert time.monotonic() - began < 1.5
+    assert (err.value.status, err.value.attempts) == (None, 2)  # no HTTP error: a stall
+    assert "timed out" in err.value.reason
     assert len(server.hits) == 2
 
 

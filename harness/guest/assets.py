@@ -28,7 +28,7 @@ import requests
 
 from harness import atomic
 from harness.cache import default_cache
-from harness.errors import TapmigError, UsageError
+from harness.errors import AssetCorrupt, DownloadFailed, UsageError
 
 KINDS = ("iso", "kernel", "initrd", "embedded")
 BOOT_ROLES = ("embedded", "iso", "kernel")
@@ -82,7 +82,20 @@ class GuestSpec:
 
 
 class _Transient(Exception):
-    """A fault worth retrying: 5xx, a cut-short transfer, a refused resume."""
+    """A fault worth retrying: 5xx, a cut-short transfer, a refused resume; status is
+    the HTTP error status, if that was the fault."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class _Refused(Exception):
+    """An HTTP 4xx: the URL itself is wrong, so no retry can help."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status} {reason}")
+        self.status, self.reason = status, reason
 
 
 def load_manifest(source: Path | Traversable = DEFAULT_MANIFEST) -> Manifest:
@@ -277,10 +290,7 @@ def _verify(asset: Asset, sha: str, file: Path, target: Path, origin: str) -> No
     quarantine = target.parent.parent / "quarantine" / f"{asset.name}-{got[:12]}-{target.name}"
     quarantine.parent.mkdir(exist_ok=True)
     file.replace(quarantine)
-    raise TapmigError(
-        f"{origin} {asset.name} has sha256 {got}, expected {sha}; moved it to "
-        f"{quarantine}; fetch again, and if it recurs the upstream file changed: fix assets.toml"
-    )
+    raise AssetCorrupt(asset.name, origin, sha, got, str(quarantine))
 
 
 def _download(
@@ -288,6 +298,7 @@ def _download(
 ) -> None:
     """Fill part with the whole file, retrying transient faults and resuming where possible."""
     problem = "no attempt made"
+    status: int | None = None  # the last attempt's HTTP error status, if it had one
     with requests.Session() as session:
         for attempt in range(retries + 1):
             if attempt:
@@ -297,12 +308,17 @@ def _download(
                 return
             except (*_TRANSIENT, _Transient) as exc:
                 problem = " ".join(str(exc).split())
+                status = exc.status if isinstance(exc, _Transient) else None
+            except _Refused as exc:
+                raise DownloadFailed(f"{url} returned HTTP {exc.status} {exc.reason}; fix it "
+                                     "in assets.toml", url, exc.status, str(exc),
+                                     attempt + 1, str(target)) from None
             finally:
                 bar.end()
-    raise TapmigError(
+    raise DownloadFailed(
         f"could not download {url} in {retries + 1} attempts ({problem}); "
-        f"check the network, or download it yourself to {target}"
-    )
+        f"check the network, or download it yourself to {target}",
+        url, status, problem, retries + 1, str(target))
 
 
 def _attempt(
@@ -316,7 +332,7 @@ def _attempt(
     with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
         status = resp.status_code
         if status >= 500:
-            raise _Transient(f"HTTP {status} {resp.reason}")
+            raise _Transient(f"HTTP {status} {resp.reason}", status)
         resumed = status == 206
         if status == 416 or (
             resumed and not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-")
@@ -324,7 +340,7 @@ def _attempt(
             part.unlink()
             raise _Transient(f"server could not resume at byte {have}; restarting")
         if status >= 400:
-            raise TapmigError(f"{url} returned HTTP {status} {resp.reason}; fix it in assets.toml")
+            raise _Refused(status, resp.reason)
         start = have if resumed else 0
         length = resp.headers.get("Content-Length", "")
         total = start + int(length) if length.isdigit() else None
