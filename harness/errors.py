@@ -14,6 +14,8 @@
      +-- ProbeFailed            1  probe, status, last_line, early, timeout_s: a prober failed
      +-- BuildFailed            1  step, status, error_line, log, log_tail: configure or
      |                             ninja failed building QEMU
+     +-- GuestBuildFailed       1  step, argv, command_line, status, last_line, timeout_s:
+     |                             a command building the embedded guest failed
      +-- DownloadFailed         1  url, status, reason, attempts, target: an asset did not
      |                             download
      +-- AssetCorrupt           1  asset, origin, expected, actual, quarantine: an asset's
@@ -181,6 +183,29 @@ class BuildFailed(TapmigError):
         self.error_line = error_line
         self.log = log
         self.log_tail = log_tail
+
+
+class GuestBuildFailed(TapmigError):
+    """A command building the embedded guest failed, at step "resolve" (apt-cache, gcc's
+    version for the cache key), "download", "extract", "depmod" or "compile".
+
+    status is its exit status, or None when it had not finished after timeout_s seconds;
+    last_line is the last line it wrote (stderr, else stdout), usually its own reason.
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, step: str, argv: Sequence[str], status: int | None, last_line: str,
+                 timeout_s: float) -> None:
+        what = (f"did not finish within {timeout_s:g} s" if status is None
+                else f"failed: {last_line or 'no output'}")
+        super().__init__(f"{' '.join(argv)} {what}")
+        self.step = step
+        self.argv = tuple(argv)
+        self.command_line = shlex.join(self.argv)
+        self.status = status
+        self.last_line = last_line
+        self.timeout_s = timeout_s
 
 
 class DownloadFailed(TapmigError):

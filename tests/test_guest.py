@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from harness.cache import default_cache
-from harness.errors import HostError, TapmigError
+from harness.errors import EXIT_FAILED, GuestBuildFailed, HostError, TapmigError
+from harness.guest import embedded
 from harness.guest.assets import Manifest, load_manifest, parse_guest
 from harness.guest.embedded import HELPER_SOURCE, build_embedded, cpio_newc, resolve
 from harness.guest.spec import HELPER, NET_OK, READY, Guest
@@ -216,6 +217,35 @@ def test_building_without_gcc_is_one_line_saying_what_to_install(
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     with pytest.raises(HostError, match=r"^gcc not found; .* \(apt-get install gcc libc6-dev\)$"):
         build_embedded(tmp_path / "cache")
+
+
+def test_a_failing_build_command_names_its_step_and_its_last_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bin").mkdir()
+    apt_cache = tmp_path / "bin" / "apt-cache"  # an apt whose lists are broken
+    apt_cache.write_text("#!/bin/sh\necho 'Reading package lists...'\n"
+                         "echo 'E: The package lists are corrupt' >&2\nexit 100\n")
+    apt_cache.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(GuestBuildFailed) as err:
+        build_embedded(tmp_path / "cache")
+    e = err.value
+    assert (e.step, e.status) == ("resolve", 100)
+    assert e.argv == ("apt-cache", "depends", "linux-image-amd64")
+    assert e.last_line == "E: The package lists are corrupt"  # stderr before stdout
+    assert e.command_line == "apt-cache depends linux-image-amd64"
+    assert e.exit_code == EXIT_FAILED
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_build_command_that_hangs_is_stopped() -> None:
+    argv = ["sh", "-c", "echo fetching >&2; exec sleep 30"]
+    began = time.monotonic()
+    with pytest.raises(GuestBuildFailed) as err:
+        embedded._run("download", argv, timeout=0.5)
+    assert time.monotonic() - began < 5
+    e = err.value
+    assert (e.step, e.status, e.timeout_s, e.last_line) == ("download", None, 0.5, "fetching")
 
 
 # --- boot arguments and resolution, without QEMU ------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import default_cache
-from harness.errors import HostError, TapmigError
+from harness.errors import GuestBuildFailed, HostError
 from harness.guest.assets import GuestSpec, Manifest, cache_dir, fetch
 from harness.guest.spec import HELPER, PROMPT, READY, Guest
 
@@ -38,6 +38,7 @@ BUSYBOX_PKG = "busybox-static"
 HELPER_SOURCE = Path(__file__).with_name("helper.c")
 # virtio_pci finds the NIC, virtio_net drives it; their dependencies come from modules.dep.
 MODULES = ("virtio_pci", "virtio_net")
+STEP_TIMEOUT_S = 600.0  # for each command; a download of the kernel package is the longest
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -74,7 +75,7 @@ def resolve(spec: GuestSpec, manifest: Manifest, cache: Path,
 
 
 def _apt_candidate(pkg: str) -> str:
-    out = _run(["apt-cache", "policy", pkg]).splitlines()
+    out = _run("resolve", ["apt-cache", "policy", pkg]).splitlines()
     for line in out:
         if line.strip().startswith("Candidate:"):
             version = line.split(":", 1)[1].strip()
@@ -85,22 +86,36 @@ def _apt_candidate(pkg: str) -> str:
 
 def _kernel_package() -> str:
     """The ABI package that linux-image-amd64 currently depends on."""
-    for line in _run(["apt-cache", "depends", KERNEL_META]).splitlines():
+    for line in _run("resolve", ["apt-cache", "depends", KERNEL_META]).splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == "Depends:" and parts[1].startswith("linux-image-"):
             return parts[1]
     raise HostError(f"cannot resolve {KERNEL_META}; run 'apt-get update' and retry")
 
 
-def _run(argv: list[str], cwd: Path | None = None) -> str:
+def _last_line(*outputs: str | bytes | None) -> str:
+    """The last line of the first output that has one (stderr before stdout)."""
+    for out in outputs:
+        text = out.decode(errors="replace") if isinstance(out, bytes) else out or ""
+        if lines := text.strip().splitlines():
+            return lines[-1]
+    return ""
+
+
+def _run(step: str, argv: list[str], cwd: Path | None = None,
+         timeout: float = STEP_TIMEOUT_S) -> str:
+    """stdout of argv, one command of a build step; a failure is a GuestBuildFailed."""
     try:
-        res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as exc:
         raise HostError(f"{argv[0]} not found; the embedded guest is built with apt on "
                           "Debian (install apt, dpkg and kmod)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GuestBuildFailed(step, argv, None, _last_line(exc.stderr, exc.stdout),
+                               timeout) from None
     if res.returncode != 0:
-        msg = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise TapmigError(f"{' '.join(argv)} failed: {msg[0]}")
+        raise GuestBuildFailed(step, argv, res.returncode, _last_line(res.stderr, res.stdout),
+                               timeout)
     return res.stdout
 
 
@@ -109,7 +124,7 @@ def _compiler() -> str:
     if shutil.which("gcc") is None:
         raise HostError("gcc not found; the embedded guest's tapmig-guest helper is compiled "
                         "static at build time (apt-get install gcc libc6-dev)")
-    return _run(["gcc", "--version"]).splitlines()[0]
+    return _run("resolve", ["gcc", "--version"]).splitlines()[0]
 
 
 def module_order(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
@@ -207,17 +222,18 @@ def _assemble(inputs: dict[str, Any], kpkg: str, key: str, out: Path,
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{key}.") as tmpname:
         tmp = Path(tmpname)
         root = tmp / "root"
-        _run(["apt-get", "download", str(inputs["kernel"]), str(inputs["busybox"])], cwd=tmp)
+        _run("download", ["apt-get", "download", str(inputs["kernel"]),
+                          str(inputs["busybox"])], cwd=tmp)
         for deb in sorted(tmp.glob("*.deb")):
-            _run(["dpkg-deb", "-x", str(deb), str(root)])
+            _run("extract", ["dpkg-deb", "-x", str(deb), str(root)])
         release = kpkg.removeprefix("linux-image-")
         # Debian's package leaves modules.dep to the postinst; generate it in our tree.
-        _run(["depmod", "-b", str(root), release])
+        _run("depmod", ["depmod", "-b", str(root), release])
         modules = module_order((root / "lib/modules" / release / "modules.dep").read_text(),
                                MODULES)
         busybox = (root / "bin/busybox").read_bytes()
-        _run(["gcc", "-static", "-O2", "-s", "-Wall", "-o", str(tmp / HELPER),
-              str(HELPER_SOURCE)])
+        _run("compile", ["gcc", "-static", "-O2", "-s", "-Wall", "-o", str(tmp / HELPER),
+                         str(HELPER_SOURCE)])
         helper = (tmp / HELPER).read_bytes()
         stage = tmp / "stage"
         stage.mkdir()
