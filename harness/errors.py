@@ -20,6 +20,8 @@
      |                             download
      +-- AssetCorrupt           1  asset, origin, expected, actual, quarantine: an asset's
      |                             sha256 is not the pinned one
+     +-- NetnsFailed            1  op, namespace, ifname, errno: an operation on a tapmig
+     |                             namespace or one of its interfaces failed
      +-- InternalError         70  invariant: a bug in tapmig, an invariant of its own broke
 
 Exit codes: 1 a failure, 2 bad input (nothing was started), 70 a bug in tapmig (EX_SOFTWARE
@@ -248,6 +250,25 @@ class AssetCorrupt(TapmigError):
         self.expected = expected
         self.actual = actual
         self.quarantine = quarantine
+
+
+class NetnsFailed(TapmigError):
+    """An operation (op: "lookup" of an interface, "remove" of the namespace) on a tapmig
+    network namespace failed.
+
+    ifname is the interface, "" for an operation on the namespace itself; errno is the
+    OS error number, or None when no call failed (a lookup that found nothing).
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, op: str, namespace: str, ifname: str = "",
+                 errno: int | None = None) -> None:
+        super().__init__(message)
+        self.op = op
+        self.namespace = namespace
+        self.ifname = ifname
+        self.errno = errno
 
 
 class InternalError(TapmigError):
