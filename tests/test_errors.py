@@ -6,6 +6,7 @@ these tests pin is what a user's script sees.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import shlex
@@ -18,14 +19,21 @@ from harness.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    AssetCorrupt,
+    BuildFailed,
+    BuildInputError,
     CheckFailed,
+    DownloadFailed,
+    GuestBuildFailed,
     InternalError,
     MigrationError,
+    NetnsFailed,
     ProbeFailed,
     QEMUError,
     QMPCommandError,
     TapmigError,
     Unsupported,
+    UsageError,
 )
 
 CLASSES = sorted((c for _, c in inspect.getmembers(errors, inspect.isclass)
@@ -38,8 +46,47 @@ def documented() -> dict[str, int]:
     return {m["name"]: int(m["code"]) for m in ROW.finditer(errors.__doc__ or "")}
 
 
+def documented_fields() -> dict[str, tuple[set[str], str]]:
+    """Each row's own fields (the words before its first colon, over its continuation
+    lines; "(message)" is none) and the class whose fields "and X's" adds, else ""."""
+    doc = errors.__doc__ or ""
+    end = doc.index("\n\n", doc.index("    class "))  # the tree is the first paragraph
+    rows = list(ROW.finditer(doc, 0, end))
+    out = {}
+    for row, after in zip(rows, [*rows[1:], None], strict=True):
+        text = " ".join(re.sub(r"^[ |]+", "", line)
+                        for line in doc[row.end():after.start() if after else end].splitlines())
+        words = [w.strip() for w in text.split(":", 1)[0].split(",")]
+        inherited = [w.removeprefix("and ").removesuffix("'s") for w in words
+                     if w.startswith("and ")]
+        out[row["name"]] = ({w for w in words if w != "(message)" and not w.startswith("and ")},
+                            "".join(inherited))
+    return out
+
+
+def own_fields(cls: type) -> set[str]:
+    """The attributes cls's own __init__ assigns on self."""
+    init = next((node for node in ast.walk(ast.parse(inspect.getsource(cls)))
+                 if isinstance(node, ast.FunctionDef) and node.name == "__init__"), None)
+    if init is None:
+        return set()
+    return {target.attr for node in ast.walk(init) if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+            and target.value.id == "self"}
+
+
 def test_every_class_is_in_the_documented_tree_with_its_exit_code() -> None:
     assert {c.__name__: c.exit_code for c in CLASSES} == documented()
+
+
+def test_every_class_documents_exactly_the_fields_it_sets() -> None:
+    """The tree is what a tool reads to find a failure's fields: none missing, none stale."""
+    fields = documented_fields()
+    assert {c.__name__: own_fields(c) for c in CLASSES} == {k: v for k, (v, _) in fields.items()}
+    for cls in CLASSES:  # "and X's": X is the parent whose __init__ sets the rest
+        if inherited := fields[cls.__name__][1]:
+            assert cls.__mro__[1].__name__ == inherited, cls.__name__
 
 
 def test_every_class_states_its_exit_code_itself() -> None:
@@ -109,3 +156,42 @@ def test_the_command_line_is_a_plain_field() -> None:
     assert plain["command_line"] == "qemu -S"
     for other in (MigrationError("m", "source", "failed"), CheckFailed("c", "window")):
         assert all(isinstance(v, (str, int, float)) for v in vars(other).values())
+
+
+NEW_CLASSES = [
+    (BuildInputError("QEMU source /src does not exist; pass a tarball or tree", "/src"),
+     UsageError, EXIT_USAGE, {"path": "/src"}),
+    (BuildFailed("ninja failed (x.o); see /c/k.failed.log", "ninja", 1, "x.o", "/c/k.failed.log",
+                 "FAILED: x.o\nninja: build stopped\n"),
+     TapmigError, EXIT_FAILED, {"step": "ninja", "status": 1, "error_line": "x.o",
+                                "log": "/c/k.failed.log"}),
+    (GuestBuildFailed("download", ["apt-get", "download", "busybox-static=1"], 100,
+                      "E: Unable to locate package", 600),
+     TapmigError, EXIT_FAILED, {"step": "download", "status": 100,
+                                "command_line": "apt-get download busybox-static=1"}),
+    (GuestBuildFailed("compile", ["gcc", "-static"], None, "", 600),
+     TapmigError, EXIT_FAILED, {"status": None, "timeout_s": 600}),
+    (DownloadFailed("could not download u in 4 attempts (Read timed out); ...", "u", None,
+                    "Read timed out", 4, "/c/a"),
+     TapmigError, EXIT_FAILED, {"url": "u", "status": None, "attempts": 4, "target": "/c/a"}),
+    (AssetCorrupt("alpine-iso", "cached", "a" * 64, "b" * 64, "/c/quarantine/x"),
+     TapmigError, EXIT_FAILED, {"asset": "alpine-iso", "origin": "cached", "expected": "a" * 64,
+                                "actual": "b" * 64, "quarantine": "/c/quarantine/x"}),
+    (NetnsFailed("cannot remove network namespace tapmig-1-x: [Errno 16] busy", "remove",
+                 "tapmig-1-x", errno=16),
+     TapmigError, EXIT_FAILED, {"op": "remove", "namespace": "tapmig-1-x", "ifname": "",
+                                "errno": 16}),
+]
+
+
+@pytest.mark.parametrize(("exc", "parent", "code", "fields"), NEW_CLASSES,
+                         ids=["build-input", "build", "guest-build", "guest-build-timeout",
+                              "download", "asset-corrupt", "netns"])
+def test_build_asset_and_host_failures_carry_their_fields(
+        exc: TapmigError, parent: type[TapmigError], code: int, fields: dict[str, object]) -> None:
+    assert isinstance(exc, parent) and exc.exit_code == code
+    assert {k: getattr(exc, k) for k in fields} == fields
+    assert str(exc).count("\n") == 0  # one line: a run's reason, build-qemu's error line
+    # What the run record keeps (plain attributes) holds every field but a missing one.
+    plain = {k for k, v in vars(exc).items() if isinstance(v, (str, int, float))}
+    assert plain >= {k for k, v in fields.items() if v is not None}
