@@ -89,7 +89,7 @@ def shared_setup(tapmig_capabilities: Capabilities, tapmig_guest: Guest,
 def booted(request: pytest.FixtureRequest, shared_setup: Setup) -> Iterator[SharedGuest]:
     """The shared guest of the Key the test is parametrized with (tests.support.shared.on),
     on this QEMU; a local Key skips, naming what is missing, on a QEMU without the series."""
-    key: Key = request.param
+    key = Key.resolved(request.param, shared_setup.caps)
     skip_unless_local(shared_setup.caps, key.mode)
     guest = SharedGuest(key, shared_setup, kept(request.config))
     SHARED.append(guest)

@@ -12,7 +12,9 @@ both QEMUs; before the next hop the failed target goes, and the guest is reused 
 if its source still runs and answers both ways (events left over from the failed
 migration are discarded, so that the next hop reads its own). A test that breaks the
 guest on purpose calls spend(). Either way the next test gets a fresh boot, never a
-guest in doubt. What the guest holds is registered with the leak check as kept.
+guest in doubt. A test may also start QEMUs of its own on the guest's lab
+(own_qemus()): they go when it ends, and the guest is then in doubt too. What the
+guest holds is registered with the leak check as kept.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,16 +58,31 @@ MIGRATION_EVENTS = ("MIGRATION", "STOP", "RESUME")
 SETTLE_S = 5.0  # for a source whose migration failed to run again (QEMU resumes it)
 
 
+# A boot is no subject of these tests, only their precondition: four TCG vCPUs on a
+# busy two-core host were seen to take minutes.
+BOOT_TIMEOUT = 300.0
+
+
 @dataclass(frozen=True)
 class Key:
-    """The Config fields a guest is booted with, beyond the QEMU and the guest."""
+    """The Config fields a guest is booted with, beyond the QEMU and the guest.
+    or_new_tap: local mode where the QEMU has the series, else new-TAP (a case that
+    wants the most telling mode a QEMU has, not both)."""
 
     mode: Mode = "new-tap"
     queues: int = 4
     vcpus: int = 1
+    or_new_tap: bool = False
 
     def __str__(self) -> str:
-        return f"{self.mode}-q{self.queues}" + (f"-v{self.vcpus}" if self.vcpus > 1 else "")
+        mode = f"{self.mode}-or-new-tap" if self.or_new_tap else self.mode
+        return f"{mode}-q{self.queues}" + (f"-v{self.vcpus}" if self.vcpus > 1 else "")
+
+    def resolved(self, caps: Capabilities) -> Key:
+        """The Key this QEMU runs: or_new_tap resolved."""
+        if self.or_new_tap and caps.missing_for_local():
+            return replace(self, mode="new-tap", or_new_tap=False)
+        return self
 
 
 def on(*keys: Key) -> pytest.MarkDecorator:
@@ -95,6 +112,7 @@ class Booted:
         self.ctx = Context(cfg, setup, now(), boot_s=self.boot_s, chain=ident)
         self.hops = 0
         self.last: tuple[ExitStack, VM, TapmigError | None] | None = None
+        self.doubt = False  # something other than a hop touched the source
 
     def holding(self) -> tuple[set[str], set[int]]:
         """What the leak check must not blame on the test that is running."""
@@ -114,7 +132,8 @@ class SharedGuest:
     def __init__(self, key: Key, setup: Setup, kept: Kept) -> None:
         self.key, self.setup, self.kept = key, setup, kept
         self.base = Config(qemu=setup.caps.qemu, mode=key.mode, queues=key.queues,
-                           vcpus=key.vcpus, guest=setup.guest, accel=setup.accel)
+                           vcpus=key.vcpus, guest=setup.guest, accel=setup.accel,
+                           boot_timeout=BOOT_TIMEOUT)
         self.booted: Booted | None = None
         self.boots = 0
 
@@ -177,6 +196,19 @@ class SharedGuest:
             return False
         return True
 
+    @contextmanager
+    def own_qemus(self) -> Iterator[Lab]:
+        """The booted lab, with every QEMU the test starts on it (lab.launch) in a stack
+        of the test's own, shut when the block ends; the guest is then in doubt."""
+        b = self._ready()
+        mine = ExitStack()
+        b.lab.stack, b.doubt = mine, True
+        try:
+            yield b.lab
+        finally:
+            b.lab.stack = b.serving
+            mine.close()
+
     def spend(self) -> None:
         """This guest is not to be used again: the next hop boots a fresh one."""
         if self.booted is not None:
@@ -193,6 +225,8 @@ class SharedGuest:
         no longer serves."""
         if self.booted is not None and self.booted.last is not None:
             self._settle(self.booted)
+        if self.booted is not None and self.booted.doubt:
+            self._recover(self.booted)
         if self.booted is None:
             ident = f"shared-{self.key}-{secrets.token_hex(3)}"
             self.booted = Booted(self.base, self.setup, ident)
@@ -213,13 +247,18 @@ class SharedGuest:
             lab.target = None
             hop_stack.close()
         lab.stack = b.serving
-        if error is not None:
-            if not self.serves():
-                self.spend()
-                return
-            discard_events(phases.serving(lab))
-            lab.queue_baseline = None
+        b.doubt = b.doubt or error is not None
         trim(lab)
+
+    def _recover(self, b: Booted) -> None:
+        """A guest in doubt is used again only if it still serves, and without the
+        events its source's failed migration left."""
+        b.doubt = False
+        if not self.serves():
+            self.spend()
+            return
+        discard_events(phases.serving(b.lab))
+        b.lab.queue_baseline = None
 
 
 def discard_events(vm: VM) -> None:
