@@ -1,11 +1,17 @@
-"""Chains of real migrations of one booted guest (harness.run.chain), on each --qemu.
+"""Chains of real migrations of one booted guest (harness.run.chain).
 
-Every hop is a fresh incoming QEMU on the same RAM file. The checks use what the
-kernel says, not what the harness computed: the ifindex of tap0 through the chain in
-local mode, which TAP the serving QEMU's TUN fds are attached to (fdinfo) in new-TAP
-mode, and the QEMU's fd count from /proc. A failing hop, a Ctrl-C and real shards
-merged by `tapmig report` are here too. The autouse leak check proves every path
-leaves nothing behind.
+Every hop is a fresh incoming QEMU on the same RAM file. What repetition breaks is
+QEMU's (fds, TAP queues, the same tap0), so that runs on each --qemu, as ten hops
+of the shared guest (tests/support/shared.py: the hop of harness.run.chain): ten
+is what the trend needs (harness.analysis.trend.MIN_TREND). The checks use what
+the kernel says, not what the harness computed: the ifindex of tap0 through the
+chain in local mode, which TAP the serving QEMU's TUN fds are attached to (fdinfo)
+in new-TAP mode, and the QEMU's fd count from /proc.
+
+How a chain ends (a failing hop, a Ctrl-C, --duration) and real shards merged by
+`tapmig report` are tapmig's: they run once, on the first --qemu, with no traffic
+beyond ICMP and one queue. The autouse leak check proves every path leaves nothing
+behind.
 """
 
 from __future__ import annotations
@@ -20,25 +26,27 @@ from pathlib import Path
 
 import pytest
 
+from harness.analysis.trend import MIN_TREND
 from harness.guest.spec import Guest
 from harness.host import reaper
 from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
 from harness.report.chain_summary import chain_summaries
-from harness.run.chain import Chain, ChainRun
+from harness.run.chain import SETTLE_S, TAIL_S, Chain, ChainRun
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer, Phase
 from harness.vocabulary import AccelChoice, Mode
 from tests.support import REPO, run_tapmig
+from tests.support.shared import Hopper, Key, SharedGuest, on
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
-HOPS = 20
+HOPS = MIN_TREND
 # What these tests judge is what repetition breaks: the guest answering both ways
 # after every hop, the same tap0, no fd, queue or interface left over. Whether the
 # outage lies within [STOP - 150 ms, RESUME + 150 ms] under TCG is judged per run in
 # test_tap_migration.py; on a busy 2-core host a fresh TCG target can need 300 ms
-# after RESUME, and a chain makes 20 such checks, so here the slack is 1 s: still
+# after RESUME, and a chain makes ten such checks, so here the slack is 1 s: still
 # far below an outage anyone would call working.
 EPSILON_MS = 1000.0
 
@@ -53,31 +61,29 @@ def run_chain(caps: Capabilities, guest: Guest, accel: AccelChoice, out: Path, m
     return recs
 
 
-@pytest.mark.parametrize("mode", ["new-tap", "local"])
-def test_a_chain_of_hops_keeps_the_guest_and_leaks_nothing(
-        tapmig_capabilities: Capabilities, tapmig_guest: Guest, tapmig_accel: AccelChoice,
-        tmp_path: Path, mode: Mode) -> None:
-    caps = tapmig_capabilities
-    if mode == "local" and (missing := caps.missing_for_local()):
-        pytest.skip(f"{caps.qemu} ({caps.version}) cannot do local migration: "
-                    f"missing {', '.join(missing)}")
-    recs = run_chain(caps, tapmig_guest, tapmig_accel, tmp_path, mode, HOPS)
-    assert [(r.hop, r.status, r.error) for r in recs] == [
-        (n, "ok", None) for n in range(1, HOPS + 1)]
+@on(Key("new-tap"), Key("local"))
+def test_a_chain_of_hops_keeps_the_guest_and_leaks_nothing(booted: SharedGuest,
+                                                           hop: Hopper) -> None:
+    recs = [hop(epsilon_ms=EPSILON_MS, settle_s=SETTLE_S, tail_s=TAIL_S)
+            for _ in range(HOPS)]
+    assert [(r.status, r.error) for r in recs] == [("ok", None)] * HOPS
     fds = [(r.footprint or {})["qemu_fds"] for r in recs]
     assert fds[-1] == fds[0], fds
     summary = chain_summaries(recs)[0]
     assert not [f for f in summary["findings"] if f["kind"] == "leak" and f["flagged"]], \
         summary["flags"]
     iffs = [(r.footprint or {})["tun_iff"] for r in recs]
-    if mode == "local":
+    if booted.key.mode == "local":
         index = recs[0].checks["tap0_ifindex"][0]
         assert all(r.checks["tap0_ifindex"] == [index, index] for r in recs)
         assert all(i == {"tap0": 4} for i in iffs), iffs
     else:  # the guest's QEMU sits on tap1, tap0, tap1 ... as the host side moved
-        assert iffs == [{("tap1" if n % 2 else "tap0"): 4} for n in range(1, HOPS + 1)]
+        first = next(iter(iffs[0]))
+        other = "tap0" if first == "tap1" else "tap1"
+        assert iffs == [{(first if n % 2 else other): 4} for n in range(1, HOPS + 1)]
 
 
+@pytest.mark.qemu_independent
 def test_a_failing_hop_ends_the_chain_and_keeps_the_finished_ones(
         tapmig_capabilities: Capabilities, tapmig_guest: Guest, tapmig_accel: AccelChoice,
         tmp_path: Path) -> None:
@@ -88,8 +94,8 @@ def test_a_failing_hop_ends_the_chain_and_keeps_the_finished_ones(
             assert lab.target is not None
             lab.target.kill()
 
-    recs = run_chain(tapmig_capabilities, tapmig_guest, tapmig_accel, tmp_path, "new-tap", 10,
-                     pause_before_switchover=True, fault=kill_third_target)
+    recs = run_chain(tapmig_capabilities, tapmig_guest, tapmig_accel, tmp_path, "new-tap", HOPS,
+                     queues=1, pause_before_switchover=True, fault=kill_third_target)
     assert [(r.hop, r.status) for r in recs] == [(1, "ok"), (2, "ok"), (3, "failed")]
     failed = recs[-1]
     assert failed.failure is not None
@@ -109,11 +115,14 @@ def read(path: Path) -> bytes:
 
 
 def measure_args(qemu: str, accel: AccelChoice, out: Path, *extra: str) -> list[str]:
+    """A chain of `tapmig measure` with one queue and ICMP only: how a chain ends is
+    the subject, not the traffic (tests/test_traffic.py)."""
     return [sys.executable, "-m", "harness.cli.main", "measure", "--qemu", qemu, "--mode",
             "new-tap", "--accel", accel, "--out", str(out), "--queues", "1",
-            "--epsilon-ms", str(EPSILON_MS), *extra]
+            "--flows", "0", "--tcp", "off", "--epsilon-ms", str(EPSILON_MS), *extra]
 
 
+@pytest.mark.qemu_independent
 def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
         tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -146,25 +155,26 @@ def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
     assert chain["ok"] == len(recs) - 1 and "Interrupted" in chain["end"]
 
 
+@pytest.mark.qemu_independent
 def test_real_shards_merge_into_one_report(tapmig_qemu: str, tapmig_accel: AccelChoice,
                                            tmp_path: Path) -> None:
-    """Two shards of `measure --chain 3 --iterations 2`, each on its own: shard i runs
+    """Two shards of `measure --chain 2 --iterations 2`, each on its own: shard i runs
     chain i; `tapmig report` merges them, and refuses a shard from an unlike host."""
     shards = [tmp_path / "s1", tmp_path / "s2"]
     for i, out in enumerate(shards, 1):
-        done = subprocess.run(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "3",
+        done = subprocess.run(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "2",
                                            "--iterations", "2", "--shard", f"{i}/2"),
                               cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
     iterations = [sorted(RunRecord.read(p).iteration or 0 for p in (d / "records").glob("*"))
                   for d in shards]
-    assert iterations == [[1, 2, 3], [4, 5, 6]]
+    assert iterations == [[1, 2], [3, 4]]
     merged = run_tapmig("report", str(shards[0]), str(shards[1]), "--out",
                         str(tmp_path / "m"))
     assert merged.returncode == 0, merged.stderr
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     (combo,) = report["combinations"]
-    assert combo["metrics"]["blackout_ms"]["n"] == 6 and len(report["chains"]) == 2
+    assert combo["metrics"]["blackout_ms"]["n"] == 4 and len(report["chains"]) == 2
     assert {c["shard"] for c in report["chains"]} == {"1/2", "2/2"}
     assert report["notes"] == [] and not report["partial"]
     alien = tmp_path / "alien"
@@ -180,13 +190,15 @@ def test_real_shards_merge_into_one_report(tapmig_qemu: str, tapmig_accel: Accel
     assert allowed.returncode == 0 and "merged despite a mismatch" in allowed.stdout
 
 
+@pytest.mark.qemu_independent
 def test_duration_ends_the_chain_when_the_time_is_up(tapmig_qemu: str,
                                                      tapmig_accel: AccelChoice,
                                                      tmp_path: Path) -> None:
-    """A soak: no hop starts after --duration; the chain so far is a whole, ok report."""
+    """A soak: no hop starts after --duration; the chain so far is a whole, ok report.
+    The time is up a few hops in (the boot counts), far from the 500 asked for."""
     out = tmp_path / "out"
     done = subprocess.run(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "500",
-                                       "--duration", "15s", "--flows", "0", "--tcp", "off"),
+                                       "--duration", "10s"),
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
