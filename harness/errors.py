@@ -4,6 +4,7 @@
     TapmigError                 1  (message): every failure a user can act on
      +-- UsageError             2  (message): bad input, an option, a path, a file
      |    +-- BuildInputError   2  path: a QEMU source or patch is missing or not QEMU's
+     |    +-- NotComparable     2  differences: `compare` of reports from unlike runs
      +-- HostError              2  (message): this host cannot run it (no root, no ping ...)
      +-- Unsupported            2  reason: this QEMU or host lacks what the variant needs
      +-- QEMUError              1  side, argv, command_line, exit_status, stderr_tail,
@@ -282,3 +283,14 @@ class InternalError(TapmigError):
     def __init__(self, invariant: str) -> None:
         super().__init__(f"internal error (a bug in tapmig): {invariant}")
         self.invariant = invariant
+
+
+class NotComparable(UsageError):
+    """The two reports come from unlike runs; differences names each one."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, differences: list[str]) -> None:
+        super().__init__(f"reports are not comparable: {'; '.join(differences)}; compare runs "
+                         "of the same kind of runner and settings, or pass --allow-mismatch")
+        self.differences = differences

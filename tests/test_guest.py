@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from harness.cache import default_cache
-from harness.errors import EXIT_FAILED, GuestBuildFailed, HostError, TapmigError
+from harness.errors import EXIT_FAILED, GuestBuildFailed, HostError, TapmigError, UsageError
 from harness.guest import embedded
 from harness.guest.assets import Manifest, load_manifest, parse_guest
 from harness.guest.embedded import HELPER_SOURCE, build_embedded, cpio_newc, resolve
@@ -268,7 +268,7 @@ def test_boot_args_per_kind(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("kernel", "iso", "login"), [
     (None, None, True), (Path("k"), Path("i"), True), (None, Path("i"), False)])
 def test_guest_needs_one_boot_method(kernel: Path | None, iso: Path | None, login: bool) -> None:
-    with pytest.raises(ValueError, match="give a kernel, or an ISO"):
+    with pytest.raises(UsageError, match="give a kernel, or an ISO"):
         Guest("bad", kernel=kernel, iso=iso, console_login=login)
 
 

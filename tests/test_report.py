@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from harness.errors import TapmigError
+from harness.errors import NotComparable, TapmigError
 from harness.record import RunRecord
-from harness.report.compare import NotComparable, compare, parse_threshold
+from harness.report.compare import compare, parse_threshold
 from harness.report.model import SCHEMA, Combination, Report
 from harness.report.render import render_html, render_markdown
 from harness.report.summary import (

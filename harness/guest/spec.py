@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from harness.errors import UsageError
+
 
 class Console(Protocol):
     """The guest's serial console shell, as a booted guest is driven."""
@@ -57,7 +59,7 @@ class Guest:
     def __post_init__(self) -> None:
         iso_without_login = self.iso is not None and not self.console_login
         if (self.kernel is None) == (self.iso is None) or iso_without_login:
-            raise ValueError(f"guest {self.name}: give a kernel, or an ISO with console_login")
+            raise UsageError(f"guest {self.name}: give a kernel, or an ISO with console_login")
 
     def boot_args(self, ip_cidr: str) -> list[str]:
         if self.iso is not None:

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.errors import UsageError
+from harness.errors import NotComparable, UsageError
 from harness.report.model import (
     JUDGED,
     TRAFFIC_JUDGED,
@@ -28,15 +28,6 @@ from harness.report.render import ci_text
 ALIKE = {"accel": "accelerator", "host_kernel": "host kernel", "cpu_model": "CPU model",
          "guest": "guest", "prober": "prober", "queues": "queue layout"}
 INTERVAL_TOLERANCE = 0.05  # achieved probe spacing jitters a little; 0.9 vs 1 ms is a change
-
-
-class NotComparable(UsageError):
-    """The two reports come from unlike runs; .differences names each one."""
-
-    def __init__(self, differences: list[str]) -> None:
-        super().__init__(f"reports are not comparable: {'; '.join(differences)}; compare runs "
-                         "of the same kind of runner and settings, or pass --allow-mismatch")
-        self.differences = differences
 
 
 @dataclass
