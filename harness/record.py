@@ -98,7 +98,11 @@ class RunRecord:
     shard: str | None = None
     cpu_model: str = ""
     footprint: dict[str, Any] | None = None
-    phases: dict[str, float] = field(default_factory=dict)  # seconds, per phase of a hop
+    phases: dict[str, float] = field(default_factory=dict)  # seconds, per step of a hop
+    # Where the ICMP blackout went, and the worst flow's: QEMU's downtime checkpoints
+    # and the harness's own steps, on one clock (harness.analysis.downtime.Breakdown).
+    downtime_breakdown: dict[str, Any] | None = None
+    flow_breakdown: dict[str, Any] | None = None
     # Evidence behind the verdict, e.g. tap0's ifindex and counters in local mode.
     checks: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)

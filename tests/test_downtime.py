@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 
 from harness.analysis import downtime as dt
-from harness.errors import QEMUError, UsageError
 from harness.qemu import trace
 
 DATA = Path(__file__).parent / "data" / "trace"
@@ -269,23 +267,6 @@ def test_trace_patterns_follow_what_the_binary_has() -> None:
     assert trace.trace_patterns(frozenset({"savevm_state_setup", "x"})) == (
         "savevm_state_setup",)
     assert trace.trace_patterns(frozenset()) == ()
-
-
-def fake_qemu(tmp_path: Path, body: str) -> str:
-    exe = tmp_path / "qemu-fake"
-    exe.write_text(f"#!/bin/sh\n{body}\n")
-    os.chmod(exe, 0o755)
-    return str(exe)
-
-
-def test_trace_events_reads_trace_help(tmp_path: Path) -> None:
-    qemu = fake_qemu(tmp_path, 'printf "vmstate_downtime_save\\nsavevm_state_setup\\n"')
-    assert trace.trace_events(qemu) == {"vmstate_downtime_save", "savevm_state_setup"}
-    with pytest.raises(QEMUError) as hung:
-        trace.trace_events(fake_qemu(tmp_path, "exec sleep 5"), timeout=0.2)
-    assert hung.value.side == "trace-probe"
-    with pytest.raises(UsageError):
-        trace.trace_events(str(tmp_path / "none"))
 
 
 def test_untimestamped_stderr() -> None:

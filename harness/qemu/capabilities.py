@@ -21,6 +21,7 @@ from typing import Any
 from harness.errors import UsageError
 from harness.host.devices import vhost_net_problem
 from harness.proc import PREFIX
+from harness.qemu.trace import trace_patterns
 from harness.qemu.vm import VM
 from harness.vocabulary import Interface
 
@@ -40,6 +41,9 @@ class Capabilities:
     tap_local_option: str | None  # the TAP netdev's local-migration option (v17 on), if any
     x_ignore_shared: bool  # the migration capability
     vhost_problem: str | None  # why vhost-net is unusable here, None when it is usable
+    # The trace events tapmig asks for to split the downtime (harness.qemu.trace): the
+    # vmstate_downtime ones where this QEMU has them, else its older savevm ones.
+    trace: tuple[str, ...] = ()
 
     @property
     def interface(self) -> Interface:
@@ -136,6 +140,7 @@ def query_capabilities(qemu: str) -> Capabilities:
             facts = schema_facts(vm.cmd("query-qmp-schema"))
             props = {p["name"] for p in vm.cmd("device-list-properties", typename="virtio-net-pci")}
             caps = {c["capability"] for c in vm.cmd("query-migrate-capabilities")}
+            events = frozenset(e["name"] for e in vm.cmd("trace-event-get-state", name="*"))
     return Capabilities(
         qemu=binary,
         version=version,
@@ -145,4 +150,5 @@ def query_capabilities(qemu: str) -> Capabilities:
         local_migration="local-migration" in props,
         x_ignore_shared="x-ignore-shared" in caps,
         vhost_problem=vhost_net_problem(),
+        trace=trace_patterns(events),
     )

@@ -35,14 +35,11 @@ from __future__ import annotations
 
 import calendar
 import re
-import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-from harness.errors import QEMUError, UsageError
 
 DOWNTIME_EVENTS = ("vmstate_downtime_checkpoint", "vmstate_downtime_save",
                    "vmstate_downtime_load")
@@ -55,7 +52,6 @@ LEGACY_EVENTS = ("migration_completion_vm_stop", "savevm_state_setup",
                  "savevm_state_cleanup", "savevm_section_start", "savevm_section_end",
                  "qemu_loadvm_state_section", "qemu_loadvm_state_section_startfull",
                  "qemu_loadvm_state_section_partend", "process_incoming_migration_co_end")
-HELP_TIMEOUT_S = 10.0
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _ISO = re.compile(r"^(?P<date>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,9}))?"
@@ -79,25 +75,6 @@ def trace_args(log: Path, events: Sequence[str]) -> list[str]:
     for pattern in events:
         args += ["-trace", "enable=" + pattern.replace(",", ",,")]  # QemuOpts escaping
     return [*args, "-D", str(log), "-msg", "timestamp=on"]
-
-
-def trace_events(qemu: str, timeout: float = HELP_TIMEOUT_S) -> frozenset[str]:
-    """Every trace event the binary has, from `qemu -trace help` (both 7.2 and 10.2.2
-    print one name a line on stdout and exit 0 at once, without starting a VM)."""
-    try:
-        proc = subprocess.run([qemu, "-trace", "help"], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-    except OSError as exc:
-        raise UsageError(f"cannot run {qemu} -trace help: {exc.strerror}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise QEMUError(f"{qemu} -trace help did not finish within {timeout:g}s",
-                        side="trace-probe", argv=[qemu, "-trace", "help"]) from exc
-    if proc.returncode != 0:
-        raise QEMUError(f"{qemu} -trace help exited with status {proc.returncode}",
-                        side="trace-probe", argv=[qemu, "-trace", "help"],
-                        exit_status=proc.returncode,
-                        stderr_tail=proc.stderr.strip()[-2000:])
-    return frozenset(n for line in proc.stdout.splitlines() if _NAME.match(n := line.strip()))
 
 
 def has_downtime_events(available: Iterable[str]) -> bool:

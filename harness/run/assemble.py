@@ -119,6 +119,9 @@ def assemble(ctx: Context, hop: Hop | None, error: BaseException | None,
         fields.update(_icmp(hop), **_traffic(hop), checks=_checks(hop), hop=hop.number
                       if ctx.chain is not None else None, started=hop.started,
                       epsilon_ms=hop.epsilon_ms, phases=dict(hop.timings),
+                      downtime_breakdown=hop.breakdown.to_json() if hop.breakdown else None,
+                      flow_breakdown=(hop.flow_breakdown.to_json() if hop.flow_breakdown
+                                      else None),
                       footprint=hop.footprint.to_json() if hop.footprint else None)
     return RunRecord(**fields)
 

@@ -131,10 +131,11 @@ def _save(lab: Lab, rec: RunRecord, hop: Hop) -> dict[str, str]:
 
 def _trim(lab: Lab) -> None:
     """A finished hop's files go, so the run dir stays the size of one hop: all but the
-    serving QEMU's sockets and logs (a 1000-hop soak would otherwise keep 1000 of each)."""
+    serving QEMU's sockets, logs and trace, which the next hop's breakdown reads (a
+    1000-hop soak would otherwise keep 1000 of each)."""
     vm = lab.source
     keep = set() if vm is None else {vm.qmp_path, vm.console_path, vm.console_log,
-                                      vm.stderr_log}
+                                      vm.stderr_log, lab.trace_log(vm.name)}
     for path in lab.rundir.iterdir():
         if path not in keep and not path.is_dir():
             path.unlink(missing_ok=True)

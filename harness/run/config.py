@@ -64,6 +64,10 @@ class Config:
     # the guest is stopped and only device state is left to send. Observers see the
     # phase "switchover" there, then the run continues it.
     pause_before_switchover: bool = False
+    # Both QEMUs write their downtime checkpoints (harness.qemu.trace), which split each
+    # hop's blackout into phases (harness.analysis.downtime); README: "Where the blackout
+    # goes" gives what tracing costs.
+    trace: bool = True
     qmp_timeout: float = 30.0  # for one QMP reply; a hung QEMU fails the run after this
     settle_s: float = 0.5  # probing before migration starts
     tail_s: float = 0.5  # probing after RESUME, once every flow answered again

@@ -19,6 +19,7 @@ from harness.host.netns import Namespace
 from harness.host.rundir import SHM_DIR, RunDir, ShmFile
 from harness.probes import driver
 from harness.qemu import accel
+from harness.qemu.trace import trace_args
 from harness.qemu.vm import VM
 from harness.run.config import (
     GUEST_CIDR,
@@ -79,7 +80,11 @@ class Lab:
             return self.host_tap
         return TAP1 if self.host_tap == TAP0 else TAP0
 
-    def vm_args(self, incoming: bool) -> list[str]:
+    def trace_log(self, name: str) -> Path:
+        """Where the QEMU called `name` writes its trace."""
+        return self.rundir / f"{name}.trace"
+
+    def vm_args(self, incoming: bool, name: str = "") -> list[str]:
         cpu = "host" if self.accel == "kvm" else "max"
         args = [
             "-machine", "q35,memory-backend=ram0", "-accel", self.accel, "-cpu", cpu,
@@ -90,12 +95,13 @@ class Lab:
             *accel.firmware_args(),
             "-device", "pcie-pci-bridge,id=pci.1,bus=pcie.0",
             *self.guest.boot_args(GUEST_CIDR),
+            *(trace_args(self.trace_log(name), self.caps.trace) if self.cfg.trace else []),
         ]
         return [*args, "-incoming", "defer"] if incoming else args
 
     def launch(self, name: str, incoming: bool) -> VM:
         """A QEMU with no NIC yet, owned by the run's ExitStack."""
-        return self.stack.enter_context(VM(name, self.caps.qemu, self.vm_args(incoming),
+        return self.stack.enter_context(VM(name, self.caps.qemu, self.vm_args(incoming, name),
                                            self.rundir, prefix=self.ns.exec_prefix(),
                                            qmp_timeout=self.cfg.qmp_timeout))
 

@@ -17,9 +17,11 @@ of the series) with the changes that make it pass under TCG:
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from harness.analysis import flows, ping
+from harness.analysis.downtime import Breakdown, HopMarks, breakdown, load_trace
 from harness.errors import CheckFailed, InternalError, MigrationError, QEMUError
 from harness.qemu.vm import VM
 from harness.run import traffic
@@ -49,10 +51,13 @@ def boot_source(lab: Lab) -> float:
     return boot_s
 
 
+def target_name(lab: Lab) -> str:
+    return "target" if lab.hop == 0 else f"target-{lab.hop + 1}"
+
+
 def start_target(lab: Lab) -> VM:
     """An incoming QEMU on the same RAM file, listening on the migration socket."""
-    name = "target" if lab.hop == 0 else f"target-{lab.hop + 1}"
-    lab.target = lab.start_vm(name, incoming=True)
+    lab.target = lab.start_vm(target_name(lab), incoming=True)
     lab.target.cmd("migrate-incoming", uri=migration_uri(lab))
     return lab.target
 
@@ -120,6 +125,7 @@ def measured_hop(lab: Lab, hop: Hop) -> None:
     connection of harness.run.traffic); each result kept in `hop` as it arrives, then
     a flow that did not recover or a broken TCP connection fails the hop."""
     cfg, src = lab.cfg, serving(lab)
+    traces = lab.trace_log(src.name), lab.trace_log(target_name(lab))
     if not lab.guest_servers:  # once per guest: its echo servers outlive a migration
         lab.queue_baseline = traffic.start_servers(lab, src)
         lab.guest_servers = True
@@ -137,7 +143,37 @@ def measured_hop(lab: Lab, hop: Hop) -> None:
         hop.logs = logs = probes.stop(recovered)
     hop.icmp = icmp_result(ping.parse(logs.ping), resumed)
     hop.traffic = traffic.analyze(lab, logs, resumed)
+    hop.breakdown, hop.flow_breakdown = where_it_went(lab, hop, traces)
     traffic.judge(hop.traffic, cfg)
+
+
+def where_it_went(lab: Lab, hop: Hop, traces: tuple[Path, Path]
+                  ) -> tuple[Breakdown | None, Breakdown | None]:
+    """The ICMP hole, and the worst flow's, split into QEMU's checkpoints and the
+    harness's own steps, from both QEMUs' traces (read once the source has quit)."""
+    m, s, r = hop.migration, hop.switch, hop.resumed
+    if hop.icmp is None or m is None or r is None:
+        return None, None
+    marks = HopMarks(r.stop, r.cont_sent, r.resume, m.src_completed, m.dst_completed,
+                     s.start if s else None, s.end if s else None)
+    untraced = None if lab.cfg.trace else "tracing was off for this run (Config.trace)"
+    traced = lab.cfg.trace and bool(lab.caps.trace)
+    src_log = load_trace(traces[0]) if traced else None
+    dst_log = load_trace(traces[1]) if traced else None
+    qemu = f"QEMU {lab.caps.version}"
+
+    def split(hole: tuple[float | None, float | None]) -> Breakdown | None:
+        if hole[0] is None or hole[1] is None:
+            return None
+        return breakdown((hole[0], hole[1]), marks, src_log, dst_log, qemu, untraced=untraced)
+
+    a = hop.icmp.analysis
+    worst = None
+    if hop.traffic is not None and hop.traffic.flows is not None:
+        holes = [f for f in hop.traffic.flows.flows if f.blackout_ms is not None]
+        worst = max(holes, key=lambda f: f.blackout_ms or 0.0, default=None)
+    flow = split((worst.blackout_start, worst.blackout_end)) if worst else None
+    return split((a.blackout_start, a.blackout_end)), flow
 
 
 def icmp_result(icmp: ping.PingLog, resumed: Resumed) -> Icmp:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.analysis import ping
+from harness.analysis.downtime import Breakdown
 from harness.analysis.flows import FlowsSummary
 from harness.analysis.queues import QueueCounts
 from harness.analysis.tcp_stream import TcpResult
@@ -100,6 +101,8 @@ class Hop:
     same_tap: dict[str, list[int]] | None = None  # local mode: tap0 kept, its counters rose
     target: Target | None = None
     epsilon_ms: float | None = None
+    breakdown: Breakdown | None = None  # where the ICMP blackout went
+    flow_breakdown: Breakdown | None = None  # the same phases, for the worst flow's hole
     footprint: Footprint | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step of the hop
     last_good_qemu: dict[str, Any] | None = None  # a chain's hop that failed: who was shut

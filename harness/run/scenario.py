@@ -31,7 +31,7 @@ from harness.run.timings import hop_timings
 Log = Callable[[str], None]
 ARTIFACTS = ("ping.log", "flows.log", "fresh-flows.log", "tcp.log", "timeline.html",
              "source-console.log", "target-console.log", "source-stderr.log",
-             "target-stderr.log")
+             "target-stderr.log", "source.trace", "target.trace")
 
 
 def now() -> str:
