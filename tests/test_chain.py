@@ -8,9 +8,9 @@ the kernel says, not what the harness computed: the ifindex of tap0 through the
 chain in local mode, which TAP the serving QEMU's TUN fds are attached to (fdinfo)
 in new-TAP mode, and the QEMU's fd count from /proc.
 
-How a chain ends (a failing hop, a Ctrl-C, --duration) and real shards merged by
-`tapmig report` are tapmig's: they run once, on the first --qemu, with no traffic
-beyond ICMP and one queue. The autouse leak check proves every path leaves nothing
+How a chain ends (a failing hop, a Ctrl-C, --duration) and real shards, run at
+the same time on one host and merged by `tapmig report`, are tapmig's: they run
+once, on the first --qemu, with no traffic beyond ICMP and one queue. The autouse leak check proves every path leaves nothing
 behind.
 """
 
@@ -37,7 +37,7 @@ from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer, Phase
 from harness.vocabulary import AccelChoice, Mode
-from tests.support import REPO, run_tapmig
+from tests.support import REPO, call_tapmig
 from tests.support.shared import Hopper, Key, SharedGuest, on
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
@@ -155,22 +155,54 @@ def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
     assert chain["ok"] == len(recs) - 1 and "Interrupted" in chain["end"]
 
 
+def run_at_once(commands: list[list[str]], outs: list[Path]) -> list[set[str]]:
+    """The commands as processes at the same time; each must succeed. What tapmig
+    resources (reaper.leftovers) each had while it ran, all gone once it ended."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for argv, out in zip(commands, outs, strict=True):
+            out.mkdir(parents=True)
+            with open(out.parent / f"{out.name}.stderr", "wb") as err:
+                procs.append(subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=err))
+        seen: dict[int, set[str]] = {p.pid: set() for p in procs}
+        deadline = time.monotonic() + 300
+        while any(p.poll() is None for p in procs):
+            assert time.monotonic() < deadline, "still running after 300 s"
+            for p in procs:
+                seen[p.pid] |= set(reaper.leftovers(p.pid))
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+        reaper.reap_orphans()
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, (out.parent / f"{out.name}.stderr").read_text()
+        assert reaper.leftovers(p.pid) == []
+    return [seen[p.pid] for p in procs]
+
+
 @pytest.mark.qemu_independent
-def test_real_shards_merge_into_one_report(tapmig_qemu: str, tapmig_accel: AccelChoice,
-                                           tmp_path: Path) -> None:
-    """Two shards of `measure --chain 2 --iterations 2`, each on its own: shard i runs
-    chain i; `tapmig report` merges them, and refuses a shard from an unlike host."""
+def test_real_shards_run_at_once_and_merge_into_one_report(
+        tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path: Path) -> None:
+    """Two shards of `measure --chain 2 --iterations 2`, run at the same time on this
+    host: both succeed, each with its own namespace, RAM file and run dir (every name
+    carries its PID), and neither sees the other's; under TCG the two slow each other
+    down, which the 1 s window slack allows. Shard i runs chain i; `tapmig report`
+    merges them, and refuses a shard from an unlike host."""
     shards = [tmp_path / "s1", tmp_path / "s2"]
-    for i, out in enumerate(shards, 1):
-        done = subprocess.run(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "2",
-                                           "--iterations", "2", "--shard", f"{i}/2"),
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+    seen = run_at_once([measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "2",
+                                     "--iterations", "2", "--shard", f"{i}/2")
+                        for i, out in enumerate(shards, 1)], shards)
+    assert [{entry.split()[0] for entry in s} for s in seen] == [{"netns", "shm", "rundir"}] * 2
+    assert seen[0].isdisjoint(seen[1])
     iterations = [sorted(RunRecord.read(p).iteration or 0 for p in (d / "records").glob("*"))
                   for d in shards]
     assert iterations == [[1, 2], [3, 4]]
-    merged = run_tapmig("report", str(shards[0]), str(shards[1]), "--out",
-                        str(tmp_path / "m"))
+    merged = call_tapmig("report", str(shards[0]), str(shards[1]), "--out",
+                         str(tmp_path / "m"))
     assert merged.returncode == 0, merged.stderr
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     (combo,) = report["combinations"]
@@ -182,11 +214,11 @@ def test_real_shards_merge_into_one_report(tapmig_qemu: str, tapmig_accel: Accel
     for path in (alien / "records").glob("*.json"):
         data = json.loads(path.read_text())
         path.write_text(json.dumps({**data, "host_kernel": "5.10.0-other"}))
-    refused = run_tapmig("report", str(shards[0]), str(alien), "--out", str(tmp_path / "x"))
+    refused = call_tapmig("report", str(shards[0]), str(alien), "--out", str(tmp_path / "x"))
     assert refused.returncode == 2 and "host kernel" in refused.stderr
     assert "--allow-mismatch" in refused.stderr
-    allowed = run_tapmig("report", str(shards[0]), str(alien), "--out", str(tmp_path / "y"),
-                         "--allow-mismatch")
+    allowed = call_tapmig("report", str(shards[0]), str(alien), "--out", str(tmp_path / "y"),
+                          "--allow-mismatch")
     assert allowed.returncode == 0 and "merged despite a mismatch" in allowed.stdout
 
 
@@ -198,7 +230,7 @@ def test_duration_ends_the_chain_when_the_time_is_up(tapmig_qemu: str,
     The time is up a few hops in (the boot counts), far from the 500 asked for."""
     out = tmp_path / "out"
     done = subprocess.run(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "500",
-                                       "--duration", "10s"),
+                                       "--duration", "6s"),
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
