@@ -7,6 +7,10 @@ next run must reap what it left. The autouse leak check sees only pytest's own
 resources, so these tests check the child's by its PID: tapmig-<pid>-* names,
 and every process it ever had as a child, remembered with its start time so
 that a recycled PID is not mistaken for a survivor.
+
+The signal handling is tapmig's, whatever the QEMU: these run on the first --qemu
+only, with one queue and ICMP alone (the traffic probes are children like the
+prober, which is there).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ INTERRUPTED = "tapmig: interrupted; everything it started was cleaned up"
 # wait before SIGTERM (a bug once), so allow as much as a loaded host needs, but
 # less than that.
 EXIT_WITHIN_S = 8.0
+LIGHT = ("--queues", "1", "--flows", "0", "--tcp", "off")
 PHASE_TIMEOUT_S = 120.0  # to reach a phase: a TCG boot takes 5-10 s, more under load
 
 Proc = tuple[int, str, str]  # pid, start time (clock ticks since boot), command name
@@ -65,7 +70,7 @@ class TapmigRun:
         self.qemu = qemu
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harness.cli.main", "run", "--qemu", qemu, "--accel", accel,
-             "--out", str(out)],
+             "--out", str(out), *LIGHT],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, process_group=0 if own_group else None)
         self.pid = self.proc.pid
@@ -197,6 +202,7 @@ def gone(r: TapmigRun) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("phase", list(PHASES))
 @pytest.mark.kvm
+@pytest.mark.qemu_independent
 @pytest.mark.usefixtures("tapmig_root_with_tun")
 def test_interrupt_cleans_up(start_run: Callable[..., TapmigRun], phase: str,
                              sig: signal.Signals) -> None:
@@ -215,6 +221,7 @@ def test_interrupt_cleans_up(start_run: Callable[..., TapmigRun], phase: str,
 
 
 @pytest.mark.kvm
+@pytest.mark.qemu_independent
 @pytest.mark.usefixtures("tapmig_root_with_tun")
 def test_ctrl_c_to_the_process_group(start_run: Callable[..., TapmigRun]) -> None:
     """A terminal's Ctrl-C reaches every process of the foreground group at once: QEMU and
@@ -243,6 +250,7 @@ def in_capability_query(r: TapmigRun) -> None:
     (probing, {"netns", "shm", "rundir"}),
 ], ids=["capability-query", "probing"])
 @pytest.mark.kvm
+@pytest.mark.qemu_independent
 @pytest.mark.usefixtures("tapmig_root_with_tun")
 def test_sigkill_leaves_orphans_that_the_next_run_reaps(
         start_run: Callable[..., TapmigRun], phase: Callable[[TapmigRun], None],
