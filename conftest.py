@@ -48,18 +48,23 @@ def guest_of(item: pytest.Item) -> tuple[str, str] | None:
     return str(callspec.params.get("tapmig_qemu")), str(callspec.params["booted"])
 
 
+def place_in_row(item: pytest.Item) -> int:
+    if item.get_closest_marker("fresh_guest") is not None:
+        return 0
+    return 2 if item.get_closest_marker("spends_guest") is not None else 1
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """pytest already runs the tests of one shared guest in a row (a session-scoped
-    parameter); within each such row, those that spend the guest go last, so that
-    they cost no extra boot."""
+    parameter); within each such row, one that boots it afresh goes first and those
+    that spend it go last, so that they cost no extra boot."""
     start = 0
     while start < len(items):
         end, guest = start + 1, guest_of(items[start])
         while guest is not None and end < len(items) and guest_of(items[end]) == guest:
             end += 1
-        items[start:end] = sorted(items[start:end],
-                                  key=lambda i: i.get_closest_marker("spends_guest") is not None)
+        items[start:end] = sorted(items[start:end], key=place_in_row)
         start = end
 
 

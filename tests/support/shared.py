@@ -93,12 +93,13 @@ def on(*keys: Key) -> pytest.MarkDecorator:
 class Booted:
     """One boot: the Lab, the stack of the QEMU serving the guest, and the last hop."""
 
-    def __init__(self, cfg: Config, setup: Setup, ident: str) -> None:
+    def __init__(self, cfg: Config, setup: Setup, ident: str,
+                 observers: Sequence[Observer[Lab]] = ()) -> None:
         self.stack = ExitStack()  # the namespace, RAM file and run dir
         self.serving = ExitStack()  # the QEMU that runs the guest
         self.clock = PhaseClock()
         try:
-            self.lab = Lab(cfg, setup, self.stack, print, (self.clock,))
+            self.lab = Lab(cfg, setup, self.stack, print, (self.clock, *observers))
             self.lab.stack = self.serving
             self.tap0 = self.lab.add_taps()
             self.boot_s = phases.boot_source(self.lab)
@@ -196,6 +197,12 @@ class SharedGuest:
             return False
         return True
 
+    def boot(self, observers: Sequence[Observer[Lab]] = ()) -> Lab:
+        """A fresh boot, watched from its start (the phase "booted") by the observers;
+        a test that needs it is marked fresh_guest, so that it runs first of its Key's."""
+        self.spend()
+        return self._ready(observers).lab
+
     @contextmanager
     def own_qemus(self) -> Iterator[Lab]:
         """The booted lab, with every QEMU the test starts on it (lab.launch) in a stack
@@ -220,7 +227,7 @@ class SharedGuest:
 
     close = spend
 
-    def _ready(self) -> Booted:
+    def _ready(self, observers: Sequence[Observer[Lab]] = ()) -> Booted:
         """The guest, after the last hop's leftovers went; booted anew if it is gone or
         no longer serves."""
         if self.booted is not None and self.booted.last is not None:
@@ -229,7 +236,7 @@ class SharedGuest:
             self._recover(self.booted)
         if self.booted is None:
             ident = f"shared-{self.key}-{secrets.token_hex(3)}"
-            self.booted = Booted(self.base, self.setup, ident)
+            self.booted = Booted(self.base, self.setup, ident, observers)
             self.boots += 1
             self.kept.add(self.booted.holding)
         return self.booted
