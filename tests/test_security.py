@@ -18,14 +18,12 @@ from typing import Any, get_args
 import pytest
 from pyroute2 import IPRoute
 
-from harness.guest.spec import Guest
 from harness.run import phases
-from harness.run.config import GUEST_IP, Config
+from harness.run.config import GUEST_IP
 from harness.run.lab import Lab
 from harness.run.observer import Phase
-from harness.testing.plugin import RunFactory
-from harness.vocabulary import AccelChoice
 from tests.support import REPO
+from tests.support.shared import Hopper, Key, SharedGuest, on
 
 SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"}
 GUEST_NET = GUEST_IP.rsplit(".", 1)[0] + "."
@@ -74,7 +72,7 @@ def test_scanner_allows_explicit_no_shell() -> None:
 
 
 def test_harness_never_uses_a_shell() -> None:
-    sources = sorted((REPO / "harness").glob("*.py"))
+    sources = sorted((REPO / "harness").rglob("*.py"))  # every package, not the floor only
     assert sources
     found = [hit for path in sources
              for hit in shell_uses(path.read_text(), str(path.relative_to(REPO)))]
@@ -105,11 +103,13 @@ def guest_net_in_root(net: Net) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.kvm
-def test_private_rundir_and_untouched_root_namespace(tapmig_run: RunFactory, tapmig_qemu: str,
-                                                     tapmig_guest: Guest,
-                                                     tapmig_accel: AccelChoice) -> None:
-    """A full new-TAP run (which moves the host address between TAPs mid-run) looked at
-    from its fault hook at every phase, then compared with the host as it was."""
+@pytest.mark.qemu_independent
+@pytest.mark.fresh_guest
+@on(Key("new-tap"))
+def test_private_rundir_and_untouched_root_namespace(booted: SharedGuest, hop: Hopper) -> None:
+    """A boot and a new-TAP hop (which moves the host address between TAPs) looked at
+    from an observer at every phase, then compared with the host as it was. The
+    guest is then shared by the tests that follow: it is booted afresh for this one."""
     seen: dict[str, Any] = {}
 
     def look(phase: Phase, m: Lab) -> None:
@@ -127,8 +127,8 @@ def test_private_rundir_and_untouched_root_namespace(tapmig_run: RunFactory, tap
             seen["migration socket"] = (sock.parent == m.rundir, os.stat(sock).st_mode)
 
     before = root_net()
-    rec = tapmig_run(Config(qemu=tapmig_qemu, guest=tapmig_guest, accel=tapmig_accel,
-                            pause_before_switchover=True), observers=[look])
+    booted.boot([look])
+    rec = hop([look], pause_before_switchover=True)
     after = root_net()
     assert rec.status == "ok", rec.error
     socket_mode = seen.pop("migration socket")
