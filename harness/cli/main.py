@@ -17,6 +17,7 @@ from harness.analysis import ping
 from harness.campaign import loop, measure
 from harness.campaign.bench import bench, bench_chain
 from harness.campaign.measure import stderr_log as _log
+from harness.campaign.trace_cost import bench_trace
 from harness.cli.parser import parser
 from harness.errors import EXIT_INTERRUPTED, TapmigError, Unsupported, UsageError
 from harness.guest import assets
@@ -203,7 +204,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.iterations < 1:
         raise UsageError(f"--iterations {args.iterations}: give at least 1")
     preflight(Config(qemu=args.qemu, mode=modes[0], accel=args.accel))
-    if args.chain is not None:
+    if args.trace_cost:
+        if args.chain is None:
+            raise UsageError("--trace-cost needs --chain N: the hops of each chain")
+        measure.shape(None, args.chain)
+        lines = []
+        for mode in modes:
+            cfg = Config(qemu=args.qemu, mode=mode, accel=args.accel, cache=args.cache,
+                         flows=args.flows, tcp=args.tcp, epsilon_ms=args.epsilon_ms,
+                         vcpus=traffic.resolve_vcpus(args.vcpus, 4))
+            lines += bench_trace(cfg, args.chain, args.iterations, _log)
+    elif args.chain is not None:
         measure.shape(None, args.chain)  # the same check of N as measure --chain
         lines = bench_chain(args.qemu, modes, args.chain, args.accel, args.cache, _log,
                             args.out, epsilon_ms=args.epsilon_ms, flows=args.flows,

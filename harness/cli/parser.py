@@ -172,6 +172,9 @@ def _add_small(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                    help="instead: one chain of N hops per mode, against the hop targets")
     b.add_argument("--out", type=_out_dir, default=None,
                    help="with --chain: keep its records and report here")
+    b.add_argument("--trace-cost", action="store_true",
+                   help="with --chain N: what tracing the downtime checkpoints costs: "
+                        "--iterations rounds of an N-hop chain traced and one untraced")
     b.add_argument("--epsilon-ms", type=float, default=None,
                    help="with --chain: slack around [STOP, RESUME], as for measure")
     _traffic(b)  # with --chain: the traffic across each hop, as for measure
