@@ -23,11 +23,14 @@
      |                             sha256 is not the pinned one
      +-- NetnsFailed            1  op, namespace, ifname, errno: an operation on a tapmig
      |                             namespace or one of its interfaces failed
+     +-- Inconclusive           3  figure, figure_ms, epsilon_ms, fix: the host was too noisy
+     |                             (or too sparsely probed) to judge the outage at all
      +-- InternalError         70  invariant: a bug in tapmig, an invariant of its own broke
 
-Exit codes: 1 a failure, 2 bad input (nothing was started), 70 a bug in tapmig (EX_SOFTWARE
-of sysexits.h, so that a broken invariant is never mistaken for bad input or for a failed
-run). 3 is kept for an inconclusive outcome. 130 is an interrupt, which is no error class.
+Exit codes: 1 a failure, 2 bad input (nothing was started), 3 inconclusive (the run
+could not be judged: never ok, never failed), 70 a bug in tapmig (EX_SOFTWARE of
+sysexits.h, so that a broken invariant is never mistaken for bad input or for a failed
+run). 130 is an interrupt, which is no error class.
 
 Each class carries the exit code the CLI returns for it, so `tapmig` and `ci/build-qemu`
 never decide an exit code from a message. The first line of every message says what
@@ -42,6 +45,7 @@ from collections.abc import Sequence
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
@@ -294,3 +298,22 @@ class NotComparable(UsageError):
         super().__init__(f"reports are not comparable: {'; '.join(differences)}; compare runs "
                          "of the same kind of runner and settings, or pass --allow-mismatch")
         self.differences = differences
+
+
+class Inconclusive(TapmigError):
+    """The migration ran, but the host's noise before it was too large (or too sparsely
+    sampled) to judge the outage: reported apart, never as ok and never as failed.
+
+    figure names the noise figure that decided it (e.g. "ICMP hole"), figure_ms its
+    value, epsilon_ms the slack it called for, fix what would make the run judgeable.
+    """
+
+    exit_code = EXIT_INCONCLUSIVE
+
+    def __init__(self, reason: str, figure: str, figure_ms: float, epsilon_ms: float,
+                 fix: str) -> None:
+        super().__init__(reason)
+        self.figure = figure
+        self.figure_ms = figure_ms
+        self.epsilon_ms = epsilon_ms
+        self.fix = fix

@@ -58,6 +58,10 @@ class RunRecord:
     blackout_end: float | None = None
     pre_stop_ms: float | None = None  # how long before STOP the outage began
     epsilon_ms: float | None = None  # the slack the outage was checked against
+    # Where epsilon_ms came from: the host's noise before the migration, the floor (the
+    # accelerator's figure, or --epsilon-ms), which one was used, whether the outage
+    # could be judged at all (harness.analysis.noise.Calibration).
+    calibration: dict[str, Any] | None = None
     stop_ts: float | None = None
     resume_ts: float | None = None
     # When the ICMP requests that never got a reply were sent: how many before STOP,

@@ -11,7 +11,7 @@ from typing import Literal, TypeVar, get_args
 from harness.errors import UsageError
 
 Mode = Literal["new-tap", "local"]
-Status = Literal["ok", "failed", "unsupported"]
+Status = Literal["ok", "failed", "unsupported", "inconclusive"]
 Accel = Literal["kvm", "tcg"]
 AccelChoice = Literal["auto", "kvm", "tcg"]
 Prober = Literal["tapmig", "iputils"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.cache import default_cache
 from harness.campaign.shards import WHOLE, Shard, check_shard, merge, parse_shard, write_manifest
-from harness.errors import Unsupported, UsageError
+from harness.errors import EXIT_INCONCLUSIVE, Unsupported, UsageError
 from harness.guest.embedded import build_embedded
 from harness.guest.spec import Guest
 from harness.host.check import check_host
@@ -38,6 +38,10 @@ from harness.run.setup import Setup, check_variant
 from harness.vocabulary import MODES, AccelChoice, Mode, TcpPattern, as_mode
 
 Log = Callable[[str], None]
+
+# A campaign with more of its runs inconclusive than this says so and gives no verdict:
+# a few noisy moments are a busy host; a fifth of the runs is a host unfit to judge.
+MAX_INCONCLUSIVE = 0.2
 
 
 def stderr_log(msg: str) -> None:
@@ -254,7 +258,8 @@ def result_text(rec: RunRecord) -> str:
     if rec.status == "ok":
         return (f"blackout {units.ms(rec.blackout_ms, 1)}, "
                 f"QMP downtime {units.ms(rec.downtime_ms, 1)}")
-    return f"FAILED: {(rec.error or 'no reason recorded').splitlines()[0]}"
+    word = "INCONCLUSIVE" if rec.status == "inconclusive" else "FAILED"
+    return f"{word}: {(rec.error or 'no reason recorded').splitlines()[0]}"
 
 
 @dataclass
@@ -265,13 +270,28 @@ class Outcome:
     interrupted: bool
 
     @property
+    def inconclusive(self) -> str | None:
+        """Why the campaign gives no verdict: too many runs the host was too noisy to
+        judge (over MAX_INCONCLUSIVE of those that ran); None when it can give one."""
+        ran = [r for r in self.records if r.status != "unsupported"]
+        n = sum(r.status == "inconclusive" for r in ran)
+        if not ran or n <= MAX_INCONCLUSIVE * len(ran):
+            return None
+        return (f"{n} of {len(ran)} runs were inconclusive (the host too noisy to judge "
+                f"the outage), over {MAX_INCONCLUSIVE:.0%}: no verdict; run on a quieter "
+                "host, or with --accel kvm")
+
+    @property
     def exit_code(self) -> int:
-        """130 interrupted, 1 any run failed or a chain leaked, 2 nothing could run at all."""
+        """130 interrupted, 1 any run failed or a chain leaked, 3 too many runs
+        inconclusive to give a verdict, 2 nothing could run at all."""
         statuses = {r.status for r in self.records}
         if self.interrupted:
             return 130
         if "failed" in statuses or chain_summary.leaks(self.report.chains):
             return 1
+        if self.inconclusive is not None:
+            return EXIT_INCONCLUSIVE
         return 2 if statuses == {"unsupported"} else 0
 
 

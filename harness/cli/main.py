@@ -19,7 +19,13 @@ from harness.campaign.bench import bench, bench_chain
 from harness.campaign.measure import stderr_log as _log
 from harness.campaign.trace_cost import bench_trace
 from harness.cli.parser import parser
-from harness.errors import EXIT_INTERRUPTED, TapmigError, Unsupported, UsageError
+from harness.errors import (
+    EXIT_INTERRUPTED,
+    Inconclusive,
+    TapmigError,
+    Unsupported,
+    UsageError,
+)
 from harness.guest import assets
 from harness.guest.embedded import build_embedded, resolve
 from harness.host import rootless
@@ -56,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps(rec.to_json(), indent=2) if args.json else format_record(rec))
     if rec.status != "ok":
         print_error(rec.error or "unknown failure")
-        return Unsupported.exit_code if rec.status == "unsupported" else TapmigError.exit_code
+        return {"unsupported": Unsupported.exit_code,
+                "inconclusive": Inconclusive.exit_code}.get(rec.status, TapmigError.exit_code)
     return 0
 
 
@@ -147,6 +154,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     elif outcome.exit_code == 2:
         _log("error: no combination is supported by the given builds; "
                            "nothing was measured")
+    elif outcome.inconclusive is not None:
+        _log(f"inconclusive: {outcome.inconclusive}")
     return outcome.exit_code
 
 

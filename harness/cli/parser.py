@@ -39,6 +39,8 @@ exit codes:
   1    a run or a check failed (compare: REGRESSED); the reason is printed
   2    bad input, an unusable host, a variant this QEMU cannot run, or reports
        that are not comparable: one line saying what to do, before anything runs
+  3    inconclusive: the host was too noisy to judge the outage (the record names the
+       noise figure and the fix); measure: too many such runs to give a verdict
   70   an internal error: a bug in tapmig (an invariant of its own broke); report it
   130  interrupted; everything tapmig started was cleaned up first
   141  the output pipe closed early (e.g. `tapmig analyze LOG | head`)

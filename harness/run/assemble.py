@@ -10,7 +10,7 @@ import platform
 from dataclasses import dataclass, replace
 from typing import Any
 
-from harness.errors import TapmigError, Unsupported
+from harness.errors import Inconclusive, TapmigError, Unsupported
 from harness.record import RunRecord
 from harness.run.config import Config
 from harness.run.results import Hop
@@ -38,7 +38,8 @@ def _outcome(error: BaseException | None, hop: int) -> dict[str, Any]:
         return {"status": "ok"}
     if isinstance(error, TapmigError):
         attrs = {k: v for k, v in vars(error).items() if isinstance(v, (str, int, float))}
-        status = "unsupported" if isinstance(error, Unsupported) else "failed"
+        status = ("unsupported" if isinstance(error, Unsupported) else
+                  "inconclusive" if isinstance(error, Inconclusive) else "failed")
         return {"status": status, "error": str(error),
                 "failure": {"kind": type(error).__name__, **attrs}}
     return {"status": "failed", "failure": {"kind": "Interrupted"},
@@ -119,6 +120,7 @@ def assemble(ctx: Context, hop: Hop | None, error: BaseException | None,
         fields.update(_icmp(hop), **_traffic(hop), checks=_checks(hop), hop=hop.number
                       if ctx.chain is not None else None, started=hop.started,
                       epsilon_ms=hop.epsilon_ms, phases=dict(hop.timings),
+                      calibration=hop.calibration.to_json() if hop.calibration else None,
                       downtime_breakdown=hop.breakdown.to_json() if hop.breakdown else None,
                       flow_breakdown=(hop.flow_breakdown.to_json() if hop.flow_breakdown
                                       else None),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
-from harness.errors import InternalError, TapmigError
+from harness.errors import Inconclusive, InternalError, TapmigError
 from harness.record import RunRecord
 from harness.report.summary import cpu_model
 from harness.run import footprint, phases, scenario
@@ -141,13 +141,18 @@ def _trim(lab: Lab) -> None:
             path.unlink(missing_ok=True)
 
 
-def hop(lab: Lab, hop: Hop, tap0_index: int, clock: PhaseClock) -> None:
-    """One measured migration of the chain, verified, then sampled."""
+def hop(lab: Lab, hop: Hop, tap0_index: int, clock: PhaseClock) -> Inconclusive | None:
+    """One measured migration of the chain, verified, then sampled. A hop the host was
+    too noisy to judge is no failure: the chain goes on, and the hop says so."""
     clock.start()
+    undecided = None
     try:
         phases.measured_hop(lab, hop)
         clock.mark("analysed")
-        phases.verify(lab, hop, tap0_index)
+        try:
+            phases.verify(lab, hop, tap0_index)
+        except Inconclusive as exc:
+            undecided = exc
         clock.mark("verified")
         pid = phases.serving(lab).pid
         if pid is None:
@@ -156,6 +161,7 @@ def hop(lab: Lab, hop: Hop, tap0_index: int, clock: PhaseClock) -> None:
         clock.mark("sampled")
     finally:
         hop.timings = hop_timings(clock)
+    return undecided
 
 
 class ChainRun:
@@ -195,8 +201,8 @@ class ChainRun:
                 current = current if n == 1 else Hop(n, now())
                 t0 = time.monotonic()
                 rotation.next()
-                hop(lab, current, tap0_index, self.clock)
-                self._finish(current, t0, lab, rotation)
+                undecided = hop(lab, current, tap0_index, self.clock)
+                self._finish(current, t0, lab, rotation, undecided)
                 if self.chain.deadline is not None and time.monotonic() >= self.chain.deadline:
                     break
             phases.serving(lab).shutdown()
@@ -205,8 +211,9 @@ class ChainRun:
             if isinstance(exc, KeyboardInterrupt):
                 raise
 
-    def _finish(self, current: Hop, t0: float, lab: Lab, rotation: Rotation) -> None:
-        rec = assemble(self.ctx, current, None, round(time.monotonic() - t0, 3))
+    def _finish(self, current: Hop, t0: float, lab: Lab, rotation: Rotation,
+                undecided: Inconclusive | None) -> None:
+        rec = assemble(self.ctx, current, undecided, round(time.monotonic() - t0, 3))
         if current.number == 1:
             rec = with_artifacts(rec, _save(lab, rec, current))
         rotation.retire()

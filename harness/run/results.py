@@ -13,6 +13,7 @@ from typing import Any
 from harness.analysis import ping
 from harness.analysis.downtime import Breakdown
 from harness.analysis.flows import FlowsSummary
+from harness.analysis.noise import Calibration
 from harness.analysis.queues import QueueCounts
 from harness.analysis.tcp_stream import TcpResult
 from harness.run.footprint import Footprint
@@ -23,6 +24,7 @@ class Migration:
     """Both sides completed; QEMU's own downtime and when each side said so."""
 
     downtime_ms: float | None
+    sent: float  # when `migrate` was sent: the probes' settle time ends here
     src_completed: float | None  # QMP event timestamps (wall clock)
     dst_completed: float | None
 
@@ -101,6 +103,7 @@ class Hop:
     same_tap: dict[str, list[int]] | None = None  # local mode: tap0 kept, its counters rose
     target: Target | None = None
     epsilon_ms: float | None = None
+    calibration: Calibration | None = None  # epsilon from the host's noise, or the floor
     breakdown: Breakdown | None = None  # where the ICMP blackout went
     flow_breakdown: Breakdown | None = None  # the same phases, for the worst flow's hole
     footprint: Footprint | None = None

@@ -197,12 +197,12 @@ class HopProbes:
         self.stack.close()
 
 
-def analyze(lab: Lab, logs: HopLogs, resumed: Resumed) -> Traffic:
+def analyze(lab: Lab, logs: HopLogs, resumed: Resumed, eps_ms: float) -> Traffic:
     """The hop's flows and TCP connection, judged on what they were sent once every
     flow answered again (the tail after that is tail_s long); if one never did, from
-    RESUME + epsilon."""
+    RESUME + the hop's epsilon."""
     stop, resume = resumed.window
-    settled = logs.recovered or resume + epsilon_ms(lab) / 1000
+    settled = logs.recovered or resume + eps_ms / 1000
     summary = tcp = None
     if logs.flows is not None:
         summary = flows.analyze(flows.parse(logs.flows), (stop, resume), settled,
