@@ -16,6 +16,7 @@ import pytest
 import harness.errors as errors
 from harness.errors import (
     EXIT_FAILED,
+    EXIT_INCONCLUSIVE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -25,6 +26,7 @@ from harness.errors import (
     CheckFailed,
     DownloadFailed,
     GuestBuildFailed,
+    Inconclusive,
     InternalError,
     MigrationError,
     NetnsFailed,
@@ -96,10 +98,11 @@ def test_every_class_states_its_exit_code_itself() -> None:
 
 
 def test_exit_codes_keep_their_meanings_apart() -> None:
-    assert (EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED) == (1, 2, 70, 130)
+    assert (EXIT_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERNAL, EXIT_INTERRUPTED) == \
+        (1, 2, 3, 70, 130)
     used = {c.exit_code for c in CLASSES}
-    assert used == {EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL}
-    assert 3 not in used  # kept for an inconclusive outcome
+    assert used == {EXIT_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERNAL}
+    assert Inconclusive.exit_code == EXIT_INCONCLUSIVE  # never ok, never failed
     assert InternalError.exit_code not in (EXIT_FAILED, EXIT_USAGE)
     assert Unsupported.exit_code == EXIT_USAGE
 
