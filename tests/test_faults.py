@@ -9,8 +9,9 @@ A fault the guest survives (the target killed or refused, a cancel, the prober
 killed) strikes a hop of the shared guest (tests/support/shared.py): the hop's
 record is what `tapmig run` would record, and the lab is left as the fault left
 it, so that the test then checks that the source still serves, as QEMU promises.
-The source killed ends that guest (spends it). Faults that freeze a QEMU, or that
-strike before a guest runs, are whole runs. What QEMU decides runs on each --qemu;
+The source killed, or a QEMU frozen, ends that guest (spends it: it runs last of
+its guest's tests). Faults that strike before a guest runs are whole runs. What
+QEMU decides runs on each --qemu;
 what only the harness decides (a timeout, a dead prober, no room) runs once.
 The autouse leak check proves nothing is left. Each test prints
 "fault-detection <case> <seconds>": the time from the fault to the harness's
@@ -83,36 +84,12 @@ def target(lab: Lab) -> VM:
     return lab.target
 
 
-@pytest.fixture
-def fault_run(tapmig_run: RunFactory, tapmig_qemu: str, tapmig_guest: Guest,
-              tapmig_accel: AccelChoice) -> Callable[..., RunRecord]:
-    """A whole run, as `tapmig run` does it, with one fault; it must fail, after the
-    fault struck."""
-
-    def run(fault: Fault, case: str, timeout_s: float | None = None, **cfg: Any) -> RunRecord:
-        rec = tapmig_run(Config(
-            qemu=tapmig_qemu, guest=tapmig_guest, accel=tapmig_accel, queues=1,
-            pause_before_switchover=fault.phase == "switchover", boot_timeout=BOOT_TIMEOUT,
-            **{"migrate_timeout": MIGRATE_TIMEOUT, **cfg}), observers=[fault])
-        assert fault.at is not None, f"the run ended before {fault.phase}: {rec.error}"
-        detected = time.monotonic() - fault.at
-        report(case, detected)
-        assert rec.status == "failed"
-        assert rec.failure is not None, rec
-        if timeout_s is not None:  # it was the timeout that noticed, and nothing hung
-            assert timeout_s <= detected < timeout_s + HANG_SLACK_S
-        return rec
-
-    return run
-
-
 def fault_hop(hop: Hopper, fault: Fault, case: str, **changes: Any) -> RunRecord:
     """One hop of the shared guest with the fault; it must fail, after the fault struck."""
     rec = hop([fault], pause_before_switchover=fault.phase == "switchover",
               **{"migrate_timeout": MIGRATE_TIMEOUT, **changes})
     assert fault.at is not None, f"the hop ended before {fault.phase}: {rec.error}"
-    assert rec.duration_s is not None
-    report(f"{case} (hop)", rec.duration_s)
+    report(case, time.monotonic() - fault.at)
     assert rec.status == "failed"
     assert rec.failure is not None, rec
     return rec
@@ -191,40 +168,67 @@ def test_cancel_at_switchover_source_resumes_and_serves(booted: SharedGuest,
 # -- QMP stops answering ---------------------------------------------------------------
 
 
-def freeze(side: Callable[[Lab], VM]) -> Fault:
+def freeze(side: Callable[[Lab], VM], frozen: list[str]) -> Fault:
     """SIGSTOP one QEMU at switchover: its QMP socket stays open but nothing answers,
     which is what a wedged QEMU looks like. (A connection dropped while QEMU lives has
     no real cause: QEMU closes a monitor only by exiting, and that is the kill cases
-    above.) The SIGCONT joins the run's own teardown, ahead of the VMs' shutdown."""
+    above.) The SIGCONT joins the hop's own teardown, ahead of the VMs' shutdown; the
+    frozen QEMU's name goes into `frozen`."""
 
     def strike(lab: Lab) -> None:
-        pid = side(lab).pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        lab.stack.callback(os.kill, pid, signal.SIGCONT)
+        vm = side(lab)
+        assert vm.pid is not None
+        frozen.append(vm.name)
+        os.kill(vm.pid, signal.SIGSTOP)
+        lab.stack.callback(os.kill, vm.pid, signal.SIGCONT)
 
     return Fault("switchover", strike)
 
 
+def frozen_hop(booted: SharedGuest, hop: Hopper, side: Callable[[Lab], VM], case: str,
+               timeout_s: float, **changes: Any) -> tuple[RunRecord, str]:
+    """A hop with one QEMU frozen at switchover, and the frozen QEMU's name. Only a
+    timeout can notice, so the verdict must come by it and nothing may hang: the
+    bound is the point, with HANG_SLACK_S for the teardown of the frozen QEMU, which
+    goes with the guest (spent) before the clock stops."""
+    frozen: list[str] = []
+    fault = freeze(side, frozen)
+    rec = fault_hop(hop, fault, case, **changes)
+    booted.spend()
+    assert fault.at is not None
+    detected = time.monotonic() - fault.at
+    report(f"{case} (until torn down)", detected)
+    assert timeout_s <= detected < timeout_s + HANG_SLACK_S
+    return rec, frozen[0]
+
+
+@on(Key("new-tap", queues=4, vcpus=4))
 @pytest.mark.qemu_independent
-def test_frozen_source_times_out_on_its_command(fault_run: Callable[..., RunRecord]) -> None:
+@pytest.mark.spends_guest
+def test_frozen_source_times_out_on_its_command(booted: SharedGuest, hop: Hopper) -> None:
     """The harness's next command to the source is migrate-continue: no reply in
-    qmp_timeout must fail the run, naming the source, alive (no exit status)."""
-    rec = fault_run(freeze(source), "source-frozen", timeout_s=3.0, qmp_timeout=3.0)
+    qmp_timeout must fail the run, naming the source, alive (no exit status). A QEMU
+    takes its QMP timeout at start: one plain hop first makes the next source one
+    started with it."""
+    first = hop(qmp_timeout=3.0)
+    assert first.status == "ok", first.error
+    rec, frozen = frozen_hop(booted, hop, source, "source-frozen", 3.0, qmp_timeout=3.0)
     assert rec.failure is not None
-    assert (rec.failure["kind"], rec.failure["side"]) == ("QEMUError", "source")
+    assert (rec.failure["kind"], rec.failure["side"]) == ("QEMUError", frozen)
     assert "exit_status" not in rec.failure
 
 
+@on(Key("new-tap"))
 @pytest.mark.qemu_independent
-def test_frozen_target_ends_at_migrate_timeout(fault_run: Callable[..., RunRecord]) -> None:
+@pytest.mark.spends_guest
+def test_frozen_target_ends_at_migrate_timeout(booted: SharedGuest, hop: Hopper) -> None:
     """A target frozen at switchover reads nothing more. Whether the source still
     completes depends on whether its remaining device state fits in the socket buffer
     beside what the target had not yet read when it froze (without a return path,
     which tapmig does not enable, the source waits for no acknowledgement): so either
     the source's or the target's MIGRATION event never comes. Either way
     migrate_timeout must bound the wait and the error must name the side."""
-    rec = fault_run(freeze(target), "target-frozen", timeout_s=5.0, migrate_timeout=5.0)
+    rec, _ = frozen_hop(booted, hop, target, "target-frozen", 5.0, migrate_timeout=5.0)
     assert rec.failure is not None
     assert rec.failure["kind"] == "QEMUError"
     assert rec.failure["side"] in ("source", "target")
