@@ -55,11 +55,15 @@ def bench_trace(cfg: Config, hops: int, rounds: int, log: Log) -> list[str]:
     arms: dict[bool, list[RunRecord]] = {True: [], False: []}
     for r in range(rounds):
         for on in (True, False) if r % 2 == 0 else (False, True):
+            before = len(arms[on])
             chain = Chain.new(replace(cfg, trace=on, guest=setup.guest), hops,
                               f"trace-{'on' if on else 'off'}-{r + 1}")
             ChainRun(chain, arms[on].append, lambda _msg: None, setup).run()
             ok = sum(rec.status == "ok" for rec in arms[on])
             log(f"round {r + 1}/{rounds}, tracing {'on' if on else 'off'}: {ok} ok hops")
+            for rec in arms[on][before:]:
+                if rec.status != "ok":
+                    log(f"  hop {rec.hop}: {rec.status}: {(rec.error or '').splitlines()[0]}")
     lines = [f"tracing cost, {cfg.mode}, QEMU {setup.caps.version} ({setup.caps.qemu}): "
              f"{rounds} rounds of {hops}-hop chains per arm, {setup.accel}"]
     for metric in METRICS:
