@@ -23,6 +23,7 @@ def test_a_prober_that_died_on_its_own_is_probe_failed(tmp_path: Path) -> None:
         with pytest.raises(ProbeFailed) as failed:
             pinger.stop()
     assert (failed.value.probe, failed.value.status, failed.value.early) == ("ping", 2, True)
+    assert "interval must be between" in failed.value.last_line  # the prober's own reason
     log = (tmp_path / "ping.log").read_text()
     assert failed.value.last_line == log.strip().splitlines()[-1]
 
