@@ -27,8 +27,9 @@ from harness.vocabulary import AccelChoice
 from tests.support import skip_unless_local
 from tests.support.shared import Hopper, Key, SharedGuest, setup_for
 
-# tapmig_installed: this checkout's wheel in a fresh venv, for tests of the package.
-pytest_plugins = ["tests.support.wheel"]
+# tapmig_installed: this checkout's wheel in a fresh venv, for tests of the package;
+# counting_qemu: Debian's QEMU behind a script that counts its starts.
+pytest_plugins = ["tests.support.wheel", "tests.support.counting"]
 # Every shared guest of the session, so that one left idle can be shut while a test
 # that boots its own guest runs: two TCG guests at once distort the outage.
 SHARED: list[SharedGuest] = []
