@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +24,9 @@ from harness.report.model import Combination, Report
 from harness.report.summary import build_report, load_report, write_report
 from harness.run.config import Config
 from harness.run.setup import Setup
-from harness.vocabulary import Mode
+from harness.vocabulary import AccelChoice, Mode
 from tests.support import REPO, one_line_error, run_tapmig
+from tests.support.counting import CountingQemu
 
 SYSTEM_QEMU = Path("/usr/bin/qemu-system-x86_64")
 A, B = "/opt/a/qemu-system-x86_64", "/opt/b/qemu-system-x86_64"
@@ -338,25 +340,36 @@ def test_compare_bad_input(tmp_path: Path, make: CompareInput, needle: str) -> N
 
 
 @pytest.mark.kvm
-@pytest.mark.skipif(not SYSTEM_QEMU.exists(),
-                    reason=f"{SYSTEM_QEMU} absent (apt-get install qemu-system-x86)")
 @pytest.mark.usefixtures("tapmig_root_with_tun")
-def test_measure_end_to_end(tmp_path: Path) -> None:
-    """Two real new-TAP migrations on Debian's QEMU, through the command a user types."""
+def test_measure_end_to_end(counting_qemu: CountingQemu, tapmig_accel: AccelChoice,
+                            tmp_path: Path) -> None:
+    """Both modes, one iteration each, through the command a user types, with its
+    default traffic, on Debian's QEMU behind the start counter: new-TAP is measured,
+    local recorded as not supported, and the campaign reads the QEMU's capabilities
+    once, not once per run (a version check when the QEMUs are checked up front, and
+    one as the capabilities are read), probes KVM only without a cached verdict, and
+    starts one source and one target."""
     out = tmp_path / "out"
+    counting_qemu.clear()
+    probes = 0 if tapmig_accel == "tcg" else counting_qemu.probes_expected()
     t0 = time.monotonic()
-    done = run_tapmig("measure", "--qemu", str(SYSTEM_QEMU), "--mode", "new-tap",
-                      "--iterations", "2", "--out", str(out), timeout=600)
+    done = run_tapmig("measure", "--qemu", str(counting_qemu.path), "--mode", "new-tap,local",
+                      "--iterations", "1", "--accel", tapmig_accel, "--out", str(out),
+                      timeout=600, env={"TAPMIG_CACHE": str(counting_qemu.cache)})
     print(f"measure took {time.monotonic() - t0:.1f}s\n{done.stderr}{done.stdout}")
     assert done.returncode == 0, done.stderr
     rep = load_report(out / "report.json")
     assert not rep.partial
-    [c] = rep.combinations
-    assert (c.mode, c.runs, c.ok) == ("new-tap", 2, 2)
-    assert c.metrics["blackout_ms"].n == 2 and c.metrics["downtime_ms"].n == 2
+    new_tap = combo(rep, "new-tap", str(counting_qemu.path))
+    assert (new_tap.runs, new_tap.ok) == (1, 1)
+    assert new_tap.metrics["blackout_ms"].n == 1 and new_tap.metrics["downtime_ms"].n == 1
+    local = combo(rep, "local", str(counting_qemu.path))
+    assert (local.runs, local.unsupported.count) == (1, 1)
     assert (out / "report.md").exists() and (out / "report.html").exists()
-    assert len(list((out / "records").glob("*-new-tap-*.json"))) == 2
-    assert len(list((out / "runs").glob("*/ping.log"))) == 2
+    assert len(list((out / "records").glob("*-new-tap-*.json"))) == 1
+    assert len(list((out / "runs").glob("*/ping.log"))) == 1
     assert "| build | mode | n |" in done.stdout
-    assert re.search(r"^tapmig: \[2/2\] #2 A new-tap: blackout [\d.]+ ms", done.stderr, re.M)
+    assert re.search(r"^tapmig: \[1/2\] #1 A new-tap: blackout [\d.]+ ms", done.stderr, re.M)
     assert f"report.json: {out / 'report.json'}" in done.stderr
+    assert counting_qemu.starts() == Counter(version=2, capabilities=1, source=1, target=1,
+                                             **{"kvm-probe": probes})
