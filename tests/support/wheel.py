@@ -6,21 +6,31 @@ The wheel is built from a copy of the tree, so the build leaves no `build/` or
 `*.egg-info` in the clone (a stale `build/lib` would even leak removed modules into a
 later wheel). Dependencies come from PyPI, or pip's cache when it has them.
 
+Building and installing take half a minute, and ci/test runs two pytest sessions
+(the tests without a guest, then the guest tests) that both need it: the wheel and
+its venv are kept in the tapmig cache under the hash of every source file, so a
+session finds the one of this very tree, or builds it (one session at a time, under
+a lock) and removes those of other trees.
+
 The fixture `tapmig_installed` is registered for the whole suite by the root
 conftest.py (`pytest_plugins`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from harness.cache import default_cache
 from tests.support import REPO
 
 # What a source checkout has that a wheel must not be built from.
@@ -80,8 +90,39 @@ def install(wheel: Path, venv: Path, *extra: str) -> Installed:
     return Installed(wheel, venv)
 
 
+def source_files(root: Path) -> Iterator[Path]:
+    """What build_wheel copies (NOT_SOURCE left out), in a stable order."""
+    for top, dirs, files in os.walk(root):
+        ignored = NOT_SOURCE(top, [*dirs, *files])
+        dirs[:] = sorted(d for d in dirs if d not in ignored)
+        yield from (Path(top) / f for f in sorted(files) if f not in ignored)
+        # A link to a directory is copied as a link (symlinks=True): its target counts.
+        yield from (Path(top) / d for d in dirs if (Path(top) / d).is_symlink())
+
+
+def tree_key(root: Path = REPO) -> str:
+    """The hash of every source file's path and content (a link's target)."""
+    digest = hashlib.sha256()
+    for path in source_files(root):
+        data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+        digest.update(f"{path.relative_to(root)}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def tapmig_installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """Built and installed once per session; every user of it only reads."""
-    work = tmp_path_factory.mktemp("wheel")
-    return install(build_wheel(work), work / "venv", "pytest")
+def tapmig_installed() -> Installed:
+    """This tree's wheel in its venv, built at most once per tree; every user only reads."""
+    parent = default_cache() / "test-wheel"
+    parent.mkdir(parents=True, exist_ok=True)
+    work = parent / tree_key()
+    with open(parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel session waits for the build
+        if not (work / "ok").exists():
+            for old in parent.iterdir():
+                if old.is_dir():
+                    shutil.rmtree(old)
+            work.mkdir()
+            install(build_wheel(work), work / "venv", "pytest")
+            (work / "ok").touch()
+    [wheel] = (work / "dist").glob("tapmig-*.whl")
+    return Installed(wheel, work / "venv")
