@@ -15,11 +15,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,9 +34,9 @@ from harness.guest.spec import HELPER, NET_OK, READY, Guest
 from harness.run.config import Config
 from harness.run.scenario import run
 from harness.vocabulary import AccelChoice
+from tests.support import call_tapmig
 
 QEMU = shutil.which("qemu-system-x86_64")
-CLONE = Path(__file__).resolve().parent.parent
 LOGIN_PROMPT = "tapmig-standin login: "
 
 # Replaces the embedded /init: no tapmig.ip parsing, a login prompt, then a root shell.
@@ -143,6 +141,7 @@ def migrate(guest: Guest, accel: AccelChoice, out: Path) -> str:
         pytest.skip("qemu-system-x86_64 is not installed")
     rec = run(Config(qemu=QEMU, guest=guest, accel=accel, out=out), log=print)
     assert rec.status == "ok", rec.error
+    assert rec.artifacts["ping"] == "ping.log" and (out / "ping.log").stat().st_size > 0
     assert rec.guest == guest.name
     assert rec.blackout_ms is not None and rec.downtime_ms is not None
     print(f"{guest.name}: booted in {rec.boot_s} s, blackout {rec.blackout_ms} ms")
@@ -289,8 +288,8 @@ def test_asset_guest_offline_fails_naming_url_and_path(
 
 
 def tapmig(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})}, cwd=CLONE)
+    """In-process: each of these is refused, or only lists, before anything starts."""
+    return call_tapmig(*args, env=env)
 
 
 def error_line(res: subprocess.CompletedProcess[str]) -> str:
@@ -324,6 +323,9 @@ def test_run_with_an_uncached_asset_offline_fails_fast(tmp_path: Path) -> None:
     res = tapmig("run", "--qemu", QEMU, "--guest", "alpine-iso",
                  env={"TAPMIG_OFFLINE": "1", "TAPMIG_CACHE": str(cache)})
     line = error_line(res)
+    # The bound is the point: offline, the asset must be refused at once, never after a
+    # download attempt's 30 s timeout (harness.guest.assets.fetch); it takes well under
+    # a second, and 30 s leaves a loaded host all the slack it could need.
     assert time.monotonic() - t0 < 30
     url = load_manifest().asset("alpine-iso").url
     assert url is not None and url in line
