@@ -25,14 +25,16 @@ from harness.report.summary import (
     write_report,
 )
 from harness.vocabulary import Mode
+from tests.support.records import record
 
 QEMU_A = "/opt/a/build/qemu-system-x86_64"
 QEMU_B = "/opt/b/build/qemu-system-x86_64"
 
 
 def rec(mode: Mode = "local", qemu: str = QEMU_A, version: str = "9.0.0", **kw: Any) -> RunRecord:
-    base: dict[str, Any] = {"accel": "kvm", "guest": "debian-12", "host_kernel": "6.1.0-21"}
-    return RunRecord(mode=mode, qemu=qemu, qemu_version=version, **(base | kw))
+    """tests.support.records.record, with this module's guest and kernel."""
+    return record(**{"mode": mode, "qemu": qemu, "qemu_version": version, "guest": "debian-12",
+                     "host_kernel": "6.1.0-21", **kw})
 
 
 def runs(blackouts: list[float], mode: Mode = "local", qemu: str = QEMU_A,

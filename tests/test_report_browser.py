@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.record import RunRecord
 from harness.report.render import COLOURS
 from harness.report.summary import build_report, write_report
 from harness.vocabulary import Mode
+from tests.support.records import record
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -25,11 +25,9 @@ BASES: tuple[tuple[Mode, float], ...] = (("new-tap", 80.0), ("local", 30.0))
 
 @pytest.fixture
 def report_html(tmp_path: Path) -> Path:
-    records = [
-        RunRecord(mode=mode, qemu="/opt/a/qemu-system-x86_64", qemu_version="9.0.0",
-                  accel="kvm", guest="debian-12", host_kernel="6.1.0", iteration=i,
-                  blackout_ms=base + i % 3, downtime_ms=base / 2 + i % 2)
-        for mode, base in BASES for i in range(1, 7)]
+    records = [record(mode=mode, guest="debian-12", host_kernel="6.1.0", iteration=i,
+                      blackout_ms=base + i % 3, downtime_ms=base / 2 + i % 2)
+               for mode, base in BASES for i in range(1, 7)]
     return write_report(build_report(records, {}, partial=False), tmp_path / "out")["html"]
 
 
