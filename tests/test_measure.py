@@ -1,5 +1,6 @@
-"""`tapmig measure` and `tapmig compare`: input checks through the real CLI, the run loop's
-order, skip and interrupt logic with a stand-in runner, and one real measurement."""
+"""`tapmig measure` and `tapmig compare`: input checks through the CLI's entry point (called
+in-process: nothing starts before they are refused), the run loop's order, skip and
+interrupt logic with a stand-in runner, and one real measurement."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ from harness.campaign.measure import Plan, parse_modes, prepare_out, write_recor
 from harness.errors import EXIT_USAGE, TapmigError
 from harness.record import RunRecord
 from harness.report.model import Combination, Report
-from harness.report.summary import build_report, load_report, write_report
+from harness.report.summary import load_report
 from harness.run.config import Config
 from harness.run.setup import Setup
 from harness.vocabulary import AccelChoice, Mode
-from tests.support import REPO, one_line_error, run_tapmig
+from tests.support import REPO, call_tapmig, one_line_error, run_tapmig
 from tests.support.counting import CountingQemu
+from tests.support.records import QEMU_A as A
+from tests.support.records import QEMU_B as B
+from tests.support.records import record, report_file
 
 SYSTEM_QEMU = Path("/usr/bin/qemu-system-x86_64")
-A, B = "/opt/a/qemu-system-x86_64", "/opt/b/qemu-system-x86_64"
 
 
 # --- measure: bad input ------------------------------------------------------------------
@@ -43,28 +46,27 @@ def measure_args(out: Path, qemu: str = "/nonexistent/qemu-system-x86_64",
 
 @pytest.mark.parametrize("iterations", ["0", "-3"])
 def test_measure_refuses_too_few_iterations(tmp_path: Path, iterations: str) -> None:
-    one_line_error(run_tapmig(*measure_args(tmp_path / "o", iterations=iterations)),
+    one_line_error(call_tapmig(*measure_args(tmp_path / "o", iterations=iterations)),
                    f"--iterations {iterations}", code=EXIT_USAGE)
     assert not (tmp_path / "o").exists()
 
 
 def test_measure_refuses_unknown_mode(tmp_path: Path) -> None:
-    one_line_error(run_tapmig(*measure_args(tmp_path / "o", mode="new-tap,lcoal")),
+    one_line_error(call_tapmig(*measure_args(tmp_path / "o", mode="new-tap,lcoal")),
                    "unknown mode 'lcoal'", "new-tap, local", code=EXIT_USAGE)
 
 
 def test_measure_refuses_unwritable_out(tmp_path: Path) -> None:
     """A path under a regular file: unwritable even for root, where chmod would not stop us."""
     (tmp_path / "file").write_text("not a directory\n")
-    one_line_error(run_tapmig(*measure_args(tmp_path / "file" / "out")),
+    one_line_error(call_tapmig(*measure_args(tmp_path / "file" / "out")),
                    f"{tmp_path / 'file' / 'out'} is not writable", code=EXIT_USAGE)
 
 
 def test_measure_refuses_an_earlier_measurements_dir(tmp_path: Path) -> None:
     """Mixing two sessions' records would make the report describe neither."""
-    write_record(RunRecord(mode="local", qemu=A, qemu_version="9.0.0", accel="kvm", guest="g"),
-                 tmp_path / "records")
-    one_line_error(run_tapmig(*measure_args(tmp_path)), "already holds an earlier measurement",
+    write_record(record(mode="local"), tmp_path / "records")
+    one_line_error(call_tapmig(*measure_args(tmp_path)), "already holds an earlier measurement",
                    code=EXIT_USAGE)
 
 
@@ -72,16 +74,16 @@ def test_measure_refuses_an_earlier_measurements_dir(tmp_path: Path) -> None:
                                             ("/bin/true", "is not a QEMU system emulator")])
 def test_measure_refuses_missing_or_foreign_qemu(tmp_path: Path, binary: str,
                                                  needle: str) -> None:
-    one_line_error(run_tapmig(*measure_args(tmp_path / "o", qemu=binary)), needle, code=EXIT_USAGE)
+    one_line_error(call_tapmig(*measure_args(tmp_path / "o", qemu=binary)), needle, code=EXIT_USAGE)
     assert not any((tmp_path / "o" / "records").iterdir())
 
 
 @pytest.mark.skipif(not SYSTEM_QEMU.exists(), reason=f"{SYSTEM_QEMU} absent")
 def test_measure_checks_every_qemu_before_any_run(tmp_path: Path) -> None:
     args = measure_args(tmp_path / "o", qemu=str(SYSTEM_QEMU))
-    one_line_error(run_tapmig(*args, "--qemu", "/nonexistent/qemu"),
+    one_line_error(call_tapmig(*args, "--qemu", "/nonexistent/qemu"),
                    "'/nonexistent/qemu' not found", code=EXIT_USAGE)
-    one_line_error(run_tapmig(*args, "--qemu", str(SYSTEM_QEMU)), "given twice", code=EXIT_USAGE)
+    one_line_error(call_tapmig(*args, "--qemu", str(SYSTEM_QEMU)), "given twice", code=EXIT_USAGE)
     assert not any((tmp_path / "o" / "runs").iterdir())
 
 
@@ -98,10 +100,6 @@ def test_prepare_out_creates_the_layout(tmp_path: Path) -> None:
 
 
 # --- write_record ------------------------------------------------------------------------
-
-
-def record(mode: Mode = "new-tap", qemu: str = A, **kw: Any) -> RunRecord:
-    return RunRecord(mode=mode, qemu=qemu, qemu_version="9.0.0", accel="kvm", guest="g", **kw)
 
 
 def test_write_record_names_by_start_and_never_overwrites(tmp_path: Path) -> None:
@@ -140,7 +138,7 @@ class Runner:
         n = len(self.calls)
         if n == self.interrupt_call:
             raise KeyboardInterrupt
-        rec = record(cfg.mode, cfg.qemu, started=f"2024-06-01T10:00:{n:02d}+00:00",
+        rec = record(mode=cfg.mode, qemu=cfg.qemu, started=f"2024-06-01T10:00:{n:02d}+00:00",
                      queues=cfg.queues)
         if (cfg.qemu, cfg.mode) in self.unsupported:
             rec.status, rec.error = "unsupported", f"{cfg.qemu} cannot do {cfg.mode} migration"
@@ -269,21 +267,13 @@ def test_sigterm_to_a_forked_helper_does_not_unwind_the_parent_stack() -> None:
 # --- compare -------------------------------------------------------------------------------
 
 
-def report_file(path: Path, blackouts: list[float], mode: Mode = "new-tap") -> Path:
-    """A report.json from fixed records, QMP downtime half the blackout."""
-    recs = [record(mode, blackout_ms=b, downtime_ms=b / 2, iteration=i,
-                   started=f"2024-06-01T10:{i:02d}:00+00:00")
-            for i, b in enumerate(blackouts, 1)]
-    return write_report(build_report(recs, {}, partial=False), path)["json"]
-
-
 BASELINE = [100.0, 101.0, 99.0, 100.0, 102.0, 98.0, 100.5]  # median 100
 
 
 def test_compare_flags_a_clear_regression(tmp_path: Path) -> None:
     base = report_file(tmp_path / "old", BASELINE)
     cur = report_file(tmp_path / "new", [150.0, 151.0, 149.0, 150.0, 152.0, 148.0, 150.5])
-    done = run_tapmig("compare", "--baseline", str(base), "--current", str(cur))
+    done = call_tapmig("compare", "--baseline", str(base), "--current", str(cur))
     assert done.returncode == 1, done.stderr
     assert "blackout: REGRESSED: median 100.0 -> 150.0 ms (+50.0%)" in done.stdout
     assert "QMP downtime: REGRESSED: median 50.0 -> 75.0 ms" in done.stdout
@@ -293,7 +283,7 @@ def test_compare_flags_a_clear_regression(tmp_path: Path) -> None:
 def test_compare_within_noise_passes(tmp_path: Path) -> None:
     base = report_file(tmp_path / "old", BASELINE)
     cur = report_file(tmp_path / "new", [103.0, 99.0, 101.0, 104.0, 100.0, 102.0, 98.5])
-    done = run_tapmig("compare", "--baseline", str(base), "--current", str(cur),
+    done = call_tapmig("compare", "--baseline", str(base), "--current", str(cur),
                       "--threshold", "10%")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "blackout: ok: median 100.0 -> 101.0 ms (+1.0%), within threshold +10.0%" in done.stdout
@@ -330,7 +320,7 @@ def _mismatched(tmp: Path) -> tuple[Path, Path, str]:
 ], ids=["empty", "foreign", "threshold", "mismatched-modes"])
 def test_compare_bad_input(tmp_path: Path, make: CompareInput, needle: str) -> None:
     base, cur, threshold = make(tmp_path)
-    done = run_tapmig("compare", "--baseline", str(base), "--current", str(cur),
+    done = call_tapmig("compare", "--baseline", str(base), "--current", str(cur),
                       "--threshold", threshold)
     one_line_error(done, needle, code=EXIT_USAGE)
     assert done.stdout == ""
