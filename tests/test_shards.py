@@ -1,10 +1,12 @@
 """Shards (harness.campaign.shards): which work a shard takes, and the merge of record directories.
-Pure logic on records written to disk; the merge of real shards is in test_chain.py."""
+Pure logic on records written to disk, and the CLI's refusals through its entry point
+in-process; the merge of real shards is in test_chain.py."""
 
 from __future__ import annotations
 
 import itertools
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,10 @@ from harness.campaign.measure import Plan, shape, write_record
 from harness.campaign.shards import Shard, merge, parse_shard, write_manifest
 from harness.errors import UsageError
 from harness.record import RunRecord
-from tests.support import one_line_error, run_tapmig
-
-A, B = "/opt/a/qemu-system-x86_64", "/opt/b/qemu-system-x86_64"
+from tests.support import call_tapmig, one_line_error
+from tests.support.records import QEMU_A as A
+from tests.support.records import QEMU_B as B
+from tests.support.records import record
 
 
 @pytest.mark.parametrize("text, expect", [("1/1", (1, 1)), ("2/4", (2, 4)), (" 4 / 4 ", (4, 4))])
@@ -32,11 +35,17 @@ def test_parse_shard_refuses(text: str) -> None:
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
 def test_shards_partition_the_iterations(count: int) -> None:
-    """Every iteration goes to exactly one shard, and the same index always gets the same."""
+    """Every iteration goes to exactly one shard."""
     taken = {i: [Shard(i, count).takes(it) for it in range(1, 31)] for i in range(1, count + 1)}
     for it in range(30):
         assert sum(taken[i][it] for i in taken) == 1
-    assert taken == {i: [Shard(i, count).takes(it) for it in range(1, 31)] for i in taken}
+
+
+def test_shard_i_of_n_takes_chains_i_i_plus_n_and_so_on() -> None:
+    """As ci/README.md promises the CI's shards: shard I of N runs chains I, I+N, ...
+    (so a shard's share is fixed by its index alone, whichever machine runs it)."""
+    assert [it for it in range(1, 13) if Shard(2, 3).takes(it)] == [2, 5, 8, 11]
+    assert [it for it in range(1, 13) if Shard(4, 4).takes(it)] == [4, 8, 12]
 
 
 def plan(shard: str | None, iterations: int | None = 7, chain: int | None = None,
@@ -82,10 +91,9 @@ def test_a_chain_alone_is_one_chain_per_combination() -> None:
     assert shape(None, 100, "2h").iterations is None
 
 
-def rec(**kw: object) -> RunRecord:
-    base = {"mode": "local", "qemu": A, "qemu_version": "10.2.2", "accel": "tcg", "guest": "g",
-            "host_kernel": "6.1", "cpu_model": "AMD EPYC", "blackout_ms": 30.0}
-    return RunRecord(**{**base, **kw})  # type: ignore[arg-type]
+# A record of the merged shards: what test_merge_refuses_unlike_hosts changes one field of.
+rec = partial(record, mode="local", qemu_version="10.2.2", accel="tcg", host_kernel="6.1",
+              cpu_model="AMD EPYC", blackout_ms=30.0)
 
 
 def shard_dir(root: Path, name: str, shard: str, *recs: RunRecord,
@@ -160,20 +168,20 @@ def test_merge_refuses_bad_input(tmp_path: Path) -> None:
 ])
 def test_measure_refuses_bad_chain_options_in_one_line(tmp_path: Path, args: list[str],
                                                        needle: str) -> None:
-    done = run_tapmig("measure", "--qemu", "/usr/bin/qemu-system-x86_64", "--mode", "local",
+    done = call_tapmig("measure", "--qemu", "/usr/bin/qemu-system-x86_64", "--mode", "local",
                       "--out", str(tmp_path / "o"), *args)
     one_line_error(done, needle, code=2)
     assert not (tmp_path / "o").exists()
 
 
 def test_report_refuses_bad_directories_in_one_line(tmp_path: Path) -> None:
-    one_line_error(run_tapmig("report", str(tmp_path / "nope"), "--out", str(tmp_path / "m")),
+    one_line_error(call_tapmig("report", str(tmp_path / "nope"), "--out", str(tmp_path / "m")),
                    "no such directory", code=2)
     d1 = shard_dir(tmp_path, "s1", "1/2", rec())
     d2 = shard_dir(tmp_path, "s2", "2/2", rec(accel="kvm"))
-    one_line_error(run_tapmig("report", str(d1), str(d2), "--out", str(tmp_path / "m")),
+    one_line_error(call_tapmig("report", str(d1), str(d2), "--out", str(tmp_path / "m")),
                    "shards ran on unlike hosts", "accelerator", code=2)
-    merged = run_tapmig("report", str(d1), str(d2), "--out", str(tmp_path / "m"),
+    merged = call_tapmig("report", str(d1), str(d2), "--out", str(tmp_path / "m"),
                         "--allow-mismatch")
     assert merged.returncode == 0, merged.stderr
     assert "merged despite a mismatch" in (tmp_path / "m" / "report.md").read_text()
