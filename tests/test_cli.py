@@ -1,16 +1,20 @@
 """Bad input and unusable hosts: one line that says what to do, and exit 2, before any run.
 
-Each case runs the real `tapmig` command in a subprocess; nothing is mocked.
-The host conditions are made real too: a PATH without ping, and a private
-mount namespace where /dev/net/tun is hidden. (Unprivileged users are in
-test_rootless.py.) Also the command's own surface: --version, --help, --json,
-stdin, a closed output pipe.
+Each case runs the real `tapmig` command; nothing is mocked. Where only the
+command's answer matters it is called through its entry point in this process
+(tests.support.call_tapmig: nothing starts before the refusal); what only a
+process shows (`python -m harness`, a closed output pipe, a private mount
+namespace where /dev/net/tun is hidden) runs in a subprocess. The host conditions
+are made real too: a PATH without ping, the hidden /dev/net/tun. (Unprivileged
+users are in test_rootless.py.) Also the command's own surface: --version, --help,
+--json, stdin.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,23 +24,35 @@ import pytest
 
 import harness
 from harness.cache import default_cache
-from harness.guest.embedded import build_embedded
+from harness.errors import UsageError
+from harness.guest.spec import Guest
 from harness.qemu import accel
-from harness.record import RunRecord
-from harness.report.summary import build_report, write_report
 from harness.report.table import format_record
-from harness.vocabulary import Accel
-from tests.support import REPO, run_tapmig
+from harness.run.config import Config
+from harness.run.setup import check_traffic
+from harness.testing.plugin import missing
+from tests.support import REPO, call_tapmig, run_tapmig
 from tests.support import one_line_error as _one_line_error
+from tests.support.records import record, report_file
 
 QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges "
-                                "or to make a mount namespace")
+
+
+@pytest.fixture
+def root(pytestconfig: pytest.Config) -> None:
+    """Root, to drop privileges or make a mount namespace: a skip, or a failure where
+    the run requires root (--tapmig-require)."""
+    if os.geteuid() != 0:
+        missing(pytestconfig, "root", "needs root to drop privileges or to make a mount "
+                                      "namespace")
+
+
+needs_root = pytest.mark.usefixtures("root")
 
 
 PING_LOG = REPO / "tests" / "data" / "ping" / "outage-tapmig.log"
-tapmig = run_tapmig
+tapmig = call_tapmig
 
 
 def one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -64,6 +80,16 @@ def test_local_mode_on_a_qemu_without_the_series() -> None:
 def test_queues_out_of_range() -> None:
     assert QEMU is not None
     one_line_error(tapmig("run", "--qemu", QEMU, "--queues", "0"), "--queues 0")
+
+
+@pytest.mark.parametrize(("kwargs", "word"), [
+    ({"vcpus": 0}, "--vcpus 0"), ({"flows": 65}, "--flows 65"),
+    ({"flows": 8, "flow_interval": 0.0001}, "flow interval"),
+])
+def test_bad_traffic_options_are_refused(kwargs: dict[str, float], word: str) -> None:
+    """The traffic options as Config gets them, refused before anything starts."""
+    with pytest.raises(UsageError, match=re.escape(word)):
+        check_traffic(Config("qemu", **kwargs))  # type: ignore[arg-type]
 
 
 @needs_qemu
@@ -100,9 +126,8 @@ def test_analyze_bad_window(tmp_path: Path) -> None:
 
 
 def test_format_record_shows_the_four_numbers() -> None:
-    rec = RunRecord(mode="local", qemu="/q", qemu_version="10.2.2", accel="tcg", guest="g",
-                    blackout_ms=12.5, lost=3, downtime_ms=2.0, stop_resume_ms=8.25,
-                    resolution_ms=1.1, interval_ms=1.0)
+    rec = record(mode="local", qemu_version="10.2.2", accel="tcg", blackout_ms=12.5, lost=3,
+                 downtime_ms=2.0, stop_resume_ms=8.25, resolution_ms=1.1, interval_ms=1.0)
     text = format_record(rec)
     for needle in ("12.5 ms", "lost packets    3", "QMP downtime    2 ms", "8.25 ms"):
         assert needle in text
@@ -114,11 +139,10 @@ def test_bad_accelerator_from_the_environment() -> None:
 
 @needs_qemu
 @needs_root
-def test_kvm_required_where_kvm_cannot_boot_the_guest() -> None:
+def test_kvm_required_where_kvm_cannot_boot_the_guest(tapmig_guest: Guest) -> None:
     """--accel kvm must refuse, in one line, a host where auto would fall back to TCG."""
     assert QEMU is not None
-    chosen, _ = accel.choose("auto", QEMU, build_embedded(default_cache(), log=print),
-                             default_cache(), log=print)
+    chosen, _ = accel.choose("auto", QEMU, tapmig_guest, default_cache(), log=print)
     if chosen == "kvm":
         pytest.skip("KVM boots the guest on this host, so --accel kvm is not refused")
     one_line_error(tapmig("run", "--qemu", QEMU, "--accel", "kvm"), "--accel kvm, but",
@@ -165,8 +189,9 @@ def test_assets_list_json_matches_the_manifest() -> None:
 
 
 def test_analyze_reads_stdin() -> None:
+    """A process's stdin: `-` is /dev/stdin, so this one needs a subprocess."""
     from_file = tapmig("analyze", str(PING_LOG))
-    from_stdin = tapmig("analyze", "-", input=PING_LOG.read_text())
+    from_stdin = run_tapmig("analyze", "-", input=PING_LOG.read_text())
     assert from_stdin.returncode == 0, from_stdin.stderr
     assert json.loads(from_stdin.stdout) == json.loads(from_file.stdout)
     assert json.loads(from_stdin.stdout)["blackout_ms"] is not None
@@ -211,16 +236,9 @@ def test_a_closed_output_pipe_is_no_traceback() -> None:
     assert (done.returncode, done.stderr) == (141, "")
 
 
-def report_file(path: Path, accel_name: Accel, blackouts: list[float]) -> Path:
-    recs = [RunRecord(mode="new-tap", qemu="/q", qemu_version="9.0.0", accel=accel_name,
-                      guest="g", host_kernel="6.1", blackout_ms=b, downtime_ms=b / 10,
-                      interval_ms=0.9, iteration=i) for i, b in enumerate(blackouts, 1)]
-    return write_report(build_report(recs, {}, partial=False), path)["json"]
-
-
 def test_compare_refuses_unlike_runs_unless_allowed(tmp_path: Path) -> None:
-    base = report_file(tmp_path / "kvm", "kvm", [10.0, 11.0, 12.0, 10.5, 11.5])
-    cur = report_file(tmp_path / "tcg", "tcg", [40.0, 41.0, 42.0, 40.5, 41.5])
+    base = report_file(tmp_path / "kvm", [10.0, 11.0, 12.0, 10.5, 11.5], accel="kvm")
+    cur = report_file(tmp_path / "tcg", [40.0, 41.0, 42.0, 40.5, 41.5], accel="tcg")
     one_line_error(tapmig("compare", "--baseline", str(base), "--current", str(cur)),
                    "not comparable", "accelerator kvm vs tcg", "--allow-mismatch")
     done = tapmig("compare", "--baseline", str(base), "--current", str(cur),
@@ -234,8 +252,8 @@ def test_compare_refuses_unlike_runs_unless_allowed(tmp_path: Path) -> None:
 
 
 def test_compare_says_when_intervals_are_just_min_max(tmp_path: Path) -> None:
-    base = report_file(tmp_path / "a", "tcg", [10.0, 11.0, 12.0])
-    cur = report_file(tmp_path / "b", "tcg", [10.5, 11.5, 12.5])
+    base = report_file(tmp_path / "a", [10.0, 11.0, 12.0], accel="tcg")
+    cur = report_file(tmp_path / "b", [10.5, 11.5, 12.5], accel="tcg")
     done = tapmig("compare", "--baseline", str(base), "--current", str(cur))
     assert done.returncode == 0, done.stderr
     assert "rest on intervals that are just [min, max]" in done.stdout
