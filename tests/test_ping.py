@@ -110,9 +110,22 @@ def test_prober_log_carries_every_send_time() -> None:
     assert load("outage-iputils").sent == {}
 
 
-def test_analyze_file_reads_a_real_log() -> None:
-    path = DATA / "outage-tapmig.log"
-    assert analyze_file(path) == analyze(parse(path.read_text()))
+def test_analyze_file_finds_the_recorded_outage_and_refuses_what_is_no_log(
+        tmp_path: Path) -> None:
+    """A log file as recorded: the outage analyze_file finds lies where the recording's
+    sidecar says the link was down (the bounds of test_blackout_lies_around_the_
+    recorded_outage, on what the file gives). A file it cannot read, or that holds no
+    ping line, is refused naming the file."""
+    t = sidecar("outage-tapmig")
+    a = analyze_file(DATA / "outage-tapmig.log")
+    assert a.blackout_start is not None and a.blackout_end is not None
+    assert t["down_issued"] - START_SLACK <= a.blackout_start <= t["down"] + START_SLACK
+    assert t["up"] <= a.blackout_end <= t["up_done"] + SPACING["outage-tapmig"] + END_SLACK
+    with pytest.raises(UsageError, match=r"^cannot read ping log .*/missing\.log: "):
+        analyze_file(tmp_path / "missing.log")
+    (tmp_path / "notes.log").write_text("no ping here\n")
+    with pytest.raises(UsageError, match=r"notes\.log: no `ping -D -O` lines found"):
+        analyze_file(tmp_path / "notes.log")
 
 
 # --- real logs: what analyze() finds ----------------------------------------------------
