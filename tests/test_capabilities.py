@@ -114,16 +114,20 @@ def _netdev_add_takes(qemu: str, option: str) -> bool:
 @pytest.mark.usefixtures("tapmig_root_with_tun")
 def test_real_schema_verdict_agrees_with_qemu(tapmig_qemu: str) -> None:
     """The verdict from the real schema of each QEMU under test matches its behaviour:
-    the option the verdict rests on is one netdev_add really takes, and a QEMU called
-    none takes neither interface's option."""
+    each TAP option the schema reports is one netdev_add really takes, and one it does
+    not report is refused, on every QEMU (Debian's refuses both interfaces' options); a
+    QEMU called none then speaks neither interface by what it does."""
     caps = query_capabilities(tapmig_qemu)
     print(f"{caps.qemu} ({caps.version}): {caps.verdict()}")
     v12 = _netdev_add_takes(caps.qemu, "incoming-fds")
     final = any(_netdev_add_takes(caps.qemu, o) for o in TAP_LOCAL_OPTIONS)
+    assert v12 == caps.incoming_fds
+    assert final == (caps.tap_local_option is not None)
     if caps.interface == "v12":
         assert v12 and caps.local_migration
     elif caps.interface == "final":
         assert final
-    else:
-        assert not (caps.local and (final or (v12 and caps.local_migration)))
+    else:  # v12 needs `local`, incoming-fds and the device property; final `local` and its option
+        assert not (caps.local and v12 and caps.local_migration)
+        assert not (caps.local and final)
         assert caps.missing_for_local()
