@@ -51,6 +51,11 @@ def test_marked():
 
 def test_records(tapmig_run):
     assert tapmig_run(Config(qemu="/nonexistent/qemu")).status == "failed"
+
+
+def test_without_root(pytestconfig):
+    from harness.testing.plugin import missing
+    missing(pytestconfig, "root", "this test pretends the host has no root")
 '''
 
 
@@ -120,6 +125,45 @@ def test_qemu_with_a_space_is_refused_where_pytest_misreads_it(project: Path,
     assert "configfile: pytest.ini" in fine.stdout
     joined = pytest_in(project, f"--qemu={qemu}", "-k", "qemus")
     assert joined.returncode == 0, joined.stdout + joined.stderr
+
+
+def test_a_missing_prerequisite_skips_unless_the_run_requires_it(project: Path) -> None:
+    """missing(): a skip naming why, or, under --tapmig-require (or $TAPMIG_REQUIRE),
+    a failure naming what is required."""
+    skipped = pytest_in(project, "-rs", "-k", "without_root")
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+    assert "this test pretends the host has no root" in skipped.stdout
+    for required in (["--tapmig-require=root"], []):
+        env = {} if required else {"TAPMIG_REQUIRE": "root"}
+        failed = pytest_in(project, "-k", "without_root", *required, env=env)
+        assert failed.returncode == pytest.ExitCode.TESTS_FAILED, failed.stdout
+        assert ("required root is missing (--tapmig-require): this test pretends the host "
+                "has no root") in failed.stdout
+
+
+def test_required_guest_that_cannot_be_built_stops_the_run_naming_it(project: Path) -> None:
+    """A cache that cannot be written is a host without the guest's build: with the
+    guest required, the run stops before any test, saying so."""
+    done = pytest_in(project, "--tapmig-require=guest", env={"TAPMIG_CACHE": "/proc/nope"})
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "required prerequisites are missing (--tapmig-require=guest)" in said
+    assert "guest: cannot build the embedded guest here" in said and "/proc/nope" in said
+    assert " passed" not in said
+
+
+def test_required_series_fails_where_no_qemu_has_it(project: Path) -> None:
+    """series: one --qemu at least must speak the series. Debian's QEMU does not, and
+    /bin/true is no QEMU at all: each is named with what it lacks, and nothing runs."""
+    done = pytest_in(project, "--tapmig-require=series", "--qemu=/bin/true",
+                     "--qemu=/usr/bin/qemu-system-x86_64")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "series: no --qemu has the local-migration series: /bin/true: " in said
+    assert "; /usr/bin/qemu-system-x86_64 " in said
+    bad = pytest_in(project, "--tapmig-require=guest,gpu")
+    assert bad.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--tapmig-require: unknown 'gpu'" in bad.stderr
 
 
 @pytest.mark.usefixtures("tapmig_root_with_tun")
