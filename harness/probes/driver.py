@@ -63,6 +63,8 @@ class ProbeProcess:
     def __init__(self, argv: list[str], log: Path, stop_timeout: float = 5.0) -> None:
         self.argv, self.log, self.stop_timeout = argv, log, stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        self.interrupted = False  # SIGINT sent (or it had ended): finish() only waits
+        self.died: int | None = None  # its exit status if it ended before the SIGINT
 
     def __enter__(self) -> Self:
         with open(self.log, "wb") as out:
@@ -71,13 +73,23 @@ class ProbeProcess:
                                          env={**os.environ, "PYTHONPATH": PACKAGE_ROOT})
         return self
 
+    def interrupt(self) -> None:
+        """SIGINT now, so that several probes drain at once; finish() then waits. Whether
+        it had ended on its own before is kept for finish() to report."""
+        if self.proc is None or self.interrupted:
+            return
+        self.died = self.proc.poll()
+        if self.died is None:
+            self.proc.send_signal(signal.SIGINT)
+        self.interrupted = True
+
     def finish(self) -> tuple[str, int | None]:
         """Stop it; its log, and its exit status if it had ended before we stopped it."""
         if self.proc is None:
             return self.log.read_text(errors="replace"), None
-        died = self.proc.poll()
+        self.interrupt()
+        died = self.died
         if died is None:
-            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:

@@ -132,10 +132,14 @@ def measured_hop(lab: Lab, hop: Hop) -> None:
         lab.queue_baseline = traffic.start_servers(lab, src)
         lab.guest_servers = True
     with traffic.HopProbes(lab) as probes:
-        time.sleep(cfg.settle_s)
-        probes.read_source(src)
+        # The target starts while the probes start up, inside the settle time rather than
+        # after it: the probes see the host as it is while a QEMU starts, and the hop
+        # saves a target's start-up. The settle time counts from the first ICMP reply.
         lab.notify("probing")
         start_target(lab)
+        first = probes.wait_answering()
+        time.sleep(max(0.0, cfg.settle_s - (time.time() - first)))
+        probes.read_source(src)
         hop.migration = migrate(lab)
         hop.switch = switch_host_side(lab)
         hop.resumed = resumed = resume(lab)

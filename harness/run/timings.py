@@ -10,14 +10,16 @@ from harness.run.observer import PhaseClock
 
 # (step, the mark that ends it), in the order a hop reaches them. "switchover" is
 # reached only with pause_before_switchover, so it is not a step boundary.
-STEPS = (("settle", "probing"), ("start_target", "migrating"), ("migrate", "migrated"),
+# settle runs from the hop's start to `migrate`: the probes start, the target starts
+# inside the settle time, and the source's queue counters are read.
+STEPS = (("settle", "migrating"), ("migrate", "migrated"),
          ("switch_host", "resuming"), ("cont", "resumed"), ("tail", "analysed"),
          ("verify", "verified"), ("sample", "sampled"))
 
 
 def hop_timings(clock: PhaseClock) -> dict[str, float]:
-    """settle, start_target, migrate, switch_host, cont, tail, verify, sample: as many
-    as the hop got to."""
+    """settle, migrate, switch_host, cont, tail, verify, sample: as many as the hop got
+    to."""
     marks = clock.marks
     last = marks.get("start")
     out: dict[str, float] = {}

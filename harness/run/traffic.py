@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from harness.analysis import flows, ping, queues, tcp_stream
-from harness.errors import InternalError, ProbeFailed, Unsupported
+from harness.errors import CheckFailed, InternalError, ProbeFailed, Unsupported
 from harness.guest.spec import HELPER
 from harness.probes import driver
 from harness.qemu.vm import VM
@@ -155,6 +155,22 @@ class HopProbes:
             self.stack = stack.pop_all()
         return self
 
+    def wait_answering(self, timeout: float = 10.0) -> float:
+        """Until the ICMP prober has its first reply, and when it came (wall clock, as
+        the probes timestamp it): the settle time, whose noise sets
+        the window's slack, counts from there, not from the prober's start-up (a Python
+        interpreter, slow on a busy host: 0.2 s of a 0.25 s settle time was seen spent
+        on it, leaving too few replies to judge)."""
+        tail = LogTail(self.path("ping"), ping.REPLY, lambda m: -1)
+        deadline = time.monotonic() + timeout
+        while (first := next(tail.replies(), None)) is None:
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"the guest answered no ICMP request within {timeout:g} s "
+                                  "of the probes' start, before any migration",
+                                  check="icmp-before")
+            time.sleep(0.005)
+        return first[1]
+
     def wait_recovered(self, resume: float) -> float | None:
         """Wait until ICMP and every flow answered after RESUME; when the last one
         did, or None if one had not within recover_timeout. A slow target (TCG on a
@@ -187,6 +203,9 @@ class HopProbes:
         ends itself on a broken connection, which its log tells."""
         if self.pinger is None:
             raise InternalError("the hop's probes were stopped before they started")
+        for probe in (self.pinger, self.flows, self.tcp):
+            if probe is not None:
+                probe.interrupt()  # every probe drains at once, not one after the other
         text = self.pinger.stop()
         flow_text = self.flows.stop() if self.flows is not None else None
         tcp_text = self.tcp.finish()[0] if self.tcp is not None else None
