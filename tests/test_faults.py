@@ -61,16 +61,22 @@ def report(case: str, seconds: float) -> None:
 
 
 class Fault:
-    """A fault hook that strikes once, at one phase, and remembers when."""
+    """A fault hook that strikes once, at one phase, and remembers when, and the names
+    of the source and target QEMUs then. A QEMUError's side is the name of the QEMU it
+    is about: "source" and "target" in a run, and on a guest that already hopped the
+    source is the target of an earlier hop ("target-3")."""
 
     def __init__(self, phase: Phase, strike: Callable[[Lab], Any]) -> None:
         self.phase = phase
         self.strike = strike
         self.at: float | None = None
+        self.source = self.target = ""
 
     def __call__(self, phase: Phase, lab: Lab) -> None:
         if phase == self.phase:
             self.at = time.monotonic()
+            self.source = lab.source.name if lab.source is not None else ""
+            self.target = lab.target.name if lab.target is not None else ""
             self.strike(lab)
 
 
@@ -127,16 +133,11 @@ def test_source_killed_target_fails_on_its_own(booted: SharedGuest, hop: Hopper)
     with QEMU's load error, rather than waiting for a source that is gone. The error
     names the QEMU that died: a QEMUError's side is the QEMU's name, which on a guest
     that already hopped is the target of the hop before."""
-    killed: list[str] = []
-
-    def kill(lab: Lab) -> None:
-        killed.append(source(lab).name)
-        source(lab).kill()
-
-    rec = fault_hop(hop, Fault("switchover", kill), "source-killed")
+    fault = Fault("switchover", lambda lab: source(lab).kill())
+    rec = fault_hop(hop, fault, "source-killed")
     assert rec.failure is not None
     assert (rec.failure["kind"], rec.failure["side"], rec.failure["exit_status"]) == (
-        "QEMUError", killed[0], -9)
+        "QEMUError", fault.source, -9)
     lab = booted.lab
     dst = target(lab)
     assert phases.migration_end(lab, dst) == "failed"
@@ -152,12 +153,12 @@ def test_cancel_at_switchover_source_resumes_and_serves(booted: SharedGuest,
     """migrate_cancel is allowed at pre-switchover: the source ends cancelled and running;
     the target, cut off mid-load, fails and exits. The run's own migrate-continue then
     finds the migration no longer held, and QEMU's refusal is what the harness reports."""
-    rec = fault_hop(hop, Fault("switchover", lambda lab: source(lab).cmd("migrate_cancel")),
-                    "cancel")
+    fault = Fault("switchover", lambda lab: source(lab).cmd("migrate_cancel"))
+    rec = fault_hop(hop, fault, "cancel")
     assert rec.failure is not None
     assert (rec.failure["kind"], rec.failure["side"], rec.failure["command"],
             rec.failure["error_class"]) == (
-        "QMPCommandError", "source", "migrate-continue", "GenericError")
+        "QMPCommandError", fault.source, "migrate-continue", "GenericError")
     assert "not in expected state" in rec.failure["desc"]
     lab = booted.lab
     assert phases.migration_end(lab, source(lab)) == "cancelled"
@@ -168,38 +169,35 @@ def test_cancel_at_switchover_source_resumes_and_serves(booted: SharedGuest,
 # -- QMP stops answering ---------------------------------------------------------------
 
 
-def freeze(side: Callable[[Lab], VM], frozen: list[str]) -> Fault:
+def freeze(side: Callable[[Lab], VM]) -> Fault:
     """SIGSTOP one QEMU at switchover: its QMP socket stays open but nothing answers,
     which is what a wedged QEMU looks like. (A connection dropped while QEMU lives has
     no real cause: QEMU closes a monitor only by exiting, and that is the kill cases
-    above.) The SIGCONT joins the hop's own teardown, ahead of the VMs' shutdown; the
-    frozen QEMU's name goes into `frozen`."""
+    above.) The SIGCONT joins the hop's own teardown, ahead of the VMs' shutdown."""
 
     def strike(lab: Lab) -> None:
-        vm = side(lab)
-        assert vm.pid is not None
-        frozen.append(vm.name)
-        os.kill(vm.pid, signal.SIGSTOP)
-        lab.stack.callback(os.kill, vm.pid, signal.SIGCONT)
+        pid = side(lab).pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        lab.stack.callback(os.kill, pid, signal.SIGCONT)
 
     return Fault("switchover", strike)
 
 
 def frozen_hop(booted: SharedGuest, hop: Hopper, side: Callable[[Lab], VM], case: str,
-               timeout_s: float, **changes: Any) -> tuple[RunRecord, str]:
-    """A hop with one QEMU frozen at switchover, and the frozen QEMU's name. Only a
-    timeout can notice, so the verdict must come by it and nothing may hang: the
-    bound is the point, with HANG_SLACK_S for the teardown of the frozen QEMU, which
-    goes with the guest (spent) before the clock stops."""
-    frozen: list[str] = []
-    fault = freeze(side, frozen)
+               timeout_s: float, **changes: Any) -> tuple[RunRecord, Fault]:
+    """A hop with one QEMU frozen at switchover, and its fault. Only a timeout can
+    notice, so the verdict must come by it and nothing may hang: the bound is the
+    point, with HANG_SLACK_S for the teardown of the frozen QEMU, which goes with the
+    guest (spent) before the clock stops."""
+    fault = freeze(side)
     rec = fault_hop(hop, fault, case, **changes)
     booted.spend()
     assert fault.at is not None
     detected = time.monotonic() - fault.at
     report(f"{case} (until torn down)", detected)
     assert timeout_s <= detected < timeout_s + HANG_SLACK_S
-    return rec, frozen[0]
+    return rec, fault
 
 
 @on(Key("new-tap", queues=4, vcpus=4))
@@ -212,9 +210,9 @@ def test_frozen_source_times_out_on_its_command(booted: SharedGuest, hop: Hopper
     started with it."""
     first = hop(qmp_timeout=3.0)
     assert first.status == "ok", first.error
-    rec, frozen = frozen_hop(booted, hop, source, "source-frozen", 3.0, qmp_timeout=3.0)
+    rec, fault = frozen_hop(booted, hop, source, "source-frozen", 3.0, qmp_timeout=3.0)
     assert rec.failure is not None
-    assert (rec.failure["kind"], rec.failure["side"]) == ("QEMUError", frozen)
+    assert (rec.failure["kind"], rec.failure["side"]) == ("QEMUError", fault.source)
     assert "exit_status" not in rec.failure
 
 
@@ -228,10 +226,10 @@ def test_frozen_target_ends_at_migrate_timeout(booted: SharedGuest, hop: Hopper)
     which tapmig does not enable, the source waits for no acknowledgement): so either
     the source's or the target's MIGRATION event never comes. Either way
     migrate_timeout must bound the wait and the error must name the side."""
-    rec, _ = frozen_hop(booted, hop, target, "target-frozen", 5.0, migrate_timeout=5.0)
+    rec, fault = frozen_hop(booted, hop, target, "target-frozen", 5.0, migrate_timeout=5.0)
     assert rec.failure is not None
     assert rec.failure["kind"] == "QEMUError"
-    assert rec.failure["side"] in ("source", "target")
+    assert rec.failure["side"] in (fault.source, fault.target)
     assert "exit_status" not in rec.failure
     print(f"target-frozen: the {rec.failure['side']}'s event never came")
 
@@ -248,7 +246,7 @@ def test_target_that_fails_to_start(booted: SharedGuest, hop: Hopper,
     def corrupt(lab: Lab) -> None:
         good = lab.vm_args
         monkeypatch.setattr(lab, "vm_args",
-                            lambda incoming: [*good(incoming), "-device", "nonexistent"])
+                            lambda *args: [*good(*args), "-device", "nonexistent"])
 
     rec = fault_hop(hop, Fault("probing", corrupt), "target-bad-option")
     monkeypatch.undo()
