@@ -10,8 +10,8 @@ in new-TAP mode, and the QEMU's fd count from /proc.
 
 How a chain ends (a failing hop, a Ctrl-C, --duration) and real shards, run at
 the same time on one host and merged by `tapmig report`, are tapmig's: they run
-once, on the first --qemu, with no traffic beyond ICMP and one queue. The autouse leak check proves every path leaves nothing
-behind.
+once, on the first --qemu, with no traffic beyond ICMP and one queue. The autouse
+leak check proves every path leaves nothing behind.
 """
 
 from __future__ import annotations
