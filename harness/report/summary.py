@@ -2,16 +2,14 @@
 
 The JSON report (harness.report.model) is the source of truth, so `compare`
 (harness.report.compare) never needs the runs again; Markdown and HTML come from
-harness.report.render. Statistics are pure Python with a fixed bootstrap seed so
-the same records always give the same report.
+harness.report.render. The statistics (harness.report.stats) are pure Python with a
+fixed bootstrap seed, so the same records always give the same report.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import platform
-import random
 import statistics
 from collections import Counter
 from datetime import UTC, datetime
@@ -33,57 +31,15 @@ from harness.report.model import (
     Point,
     Ratio,
     Report,
-    Summary,
 )
 from harness.report.render import render_html, render_markdown
+from harness.report.stats import median_ci, percentile, ratio_ci, summarize
 
 # Report is re-exported: report.json's dataclass is what callers of build_report get.
 __all__ = ["Report", "build_report", "combination_stats", "cpu_model", "load_report",
            "median_ci", "percentile", "ratio_ci", "ratios", "summarize", "write_report"]
 
-SEED = 20240601
-RESAMPLES = 2000
 CPUINFO = Path("/proc/cpuinfo")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest rank: the smallest sample with at least a fraction q of samples at or below it.
-
-    Always an observed value, so p95 of a handful of runs is honestly the worst run.
-    """
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def _bootstrap(*sides: list[float]) -> list[float]:
-    """95% percentile interval of the median (or ratio of medians); each side resampled alone."""
-    rng = random.Random(SEED)
-
-    def draw(v: list[float]) -> float:
-        return float(statistics.median(rng.choices(v, k=len(v))))
-
-    stats = [draw(sides[0]) / (draw(sides[1]) if len(sides) > 1 else 1) for _ in range(RESAMPLES)]
-    return [percentile(stats, 0.025), percentile(stats, 0.975)]
-
-
-def median_ci(values: list[float]) -> list[float] | None:
-    """None below 3 samples, where resampling means nothing."""
-    return _bootstrap(values) if len(values) >= 3 else None
-
-
-def ratio_ci(num: list[float], den: list[float]) -> list[float] | None:
-    """Independent resampling, as runs of two builds or modes are not paired; None if a
-    resampled denominator could be zero."""
-    return _bootstrap(num, den) if min(len(num), len(den)) >= 3 and min(den) > 0 else None
-
-
-def summarize(values: list[float], missing: int) -> Summary:
-    """`missing` counts ok runs without this figure, so gaps stay visible in the report."""
-    if not values:
-        return Summary(missing=missing)
-    return Summary(n=len(values), missing=missing, min=min(values),
-                   median=float(statistics.median(values)), p95=percentile(values, 0.95),
-                   max=max(values), ci=median_ci(values))
 
 
 def _short_paths(paths: list[str]) -> dict[str, str]:
