@@ -1,10 +1,15 @@
-"""The run's table: what `tapmig run` prints, one figure per line, from the record."""
+"""The run's table: what `tapmig run` prints, one figure per line, from the record; then
+where the blackout went, phase by phase (harness.analysis.downtime)."""
 
 from __future__ import annotations
 
+from harness.analysis.downtime import RESIDUAL, Breakdown, Phase
 from harness.record import RunRecord
+from harness.report import phases
 from harness.report.units import ms
 from harness.report.units import number as num
+
+TOP_DEVICES = 3  # the largest devices a device line names, besides virtio-net
 
 
 def format_record(rec: RunRecord) -> str:
@@ -24,7 +29,8 @@ def format_record(rec: RunRecord) -> str:
         ("run time", num(rec.duration_s, " s")),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    table = [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join([*table, *breakdown_lines(rec)])
 
 
 def traffic_rows(rec: RunRecord) -> list[tuple[str, str]]:
@@ -45,3 +51,67 @@ def traffic_rows(rec: RunRecord) -> list[tuple[str, str]]:
         rows.append((f"TCP ({rec.tcp})", f"stall {ms(rec.tcp_stall_ms)}, retransmissions "
                      f"{num(rec.tcp_retrans)}, RTO {rto}"))
     return rows
+
+
+def _stretch(kind: str, ps: list[Phase]) -> tuple[str, str]:
+    """One stretch of a kind: its phases in order, and their sum where there are several."""
+    if kind == RESIDUAL:
+        return kind, "; ".join(f"{p.ms:g} ms unsplit: {', '.join(p.covers)}" for p in ps)
+    names = " · ".join(f"{p.name} {p.ms:g}" for p in ps) + " ms"
+    return kind, names if len(ps) == 1 else f"{sum(p.us for p in ps) / 1000:g} ms = {names}"
+
+
+def _devices(bd: Breakdown) -> list[tuple[str, str]]:
+    """The largest devices saved and loaded, and virtio-net's save and load."""
+    rows = []
+    for name, verb in (("devices_saved", "saved"), ("transfer_and_load", "loaded")):
+        devs = [d for p in bd.phases if p.name == name for d in p.devices]
+        if devs:
+            top = sorted(devs, key=lambda d: -d.us)[:TOP_DEVICES]
+            rows.append((f"largest {verb}", ", ".join(
+                f"{phases.short_device(d.idstr)} {d.us / 1000:g}" for d in top) + " ms"))
+    save, load = bd.virtio_net_save_ms, bd.virtio_net_load_ms
+    rows.append(("virtio-net", "not available: no device save or load in the traces"
+                 if save is None and load is None else
+                 f"save {ms(save, none='not available')}, load {ms(load, none='not available')}"))
+    return rows
+
+
+def breakdown_rows(bd: Breakdown) -> list[tuple[str, str]]:
+    """Each phase in ms, in order, under who spends it; the residual named; what the
+    QEMU could not tell said as not available, never as zeros."""
+    rows = [_stretch(kind, ps) for kind, ps in phases.runs(bd.phases)]
+    rows.append((f"{RESIDUAL} in all", f"{bd.residual_ms:g} ms ({phases.residual_note(bd)})"))
+    rows += _devices(bd)
+    rows.append(("QEMU's downtime", "not available: its trace has no src-downtime-start "
+                 "and -end" if bd.qemu_downtime_ms is None else
+                 f"{bd.qemu_downtime_ms:g} ms (src-downtime-start to -end, by its trace)"))
+    if bd.missing:
+        rows.append(("not available", bd.missing))
+    rows += [("trace problem", p) for p in bd.problems]
+    return rows
+
+
+def flow_row(bd: Breakdown) -> tuple[str, str]:
+    """The worst flow's hole, one figure per stretch: before STOP, in QEMU, in the
+    harness, or after RESUME."""
+    names = [(kind, sum(p.ms for p in ps)) for kind, ps in phases.runs(bd.phases)]
+    return "worst flow", f"{bd.blackout_ms:g} ms: " + " · ".join(
+        f"{k} {round(v, 3):g}" for k, v in names) + " ms"
+
+
+def breakdown_lines(rec: RunRecord) -> list[str]:
+    """The block under the table: where the blackout goes."""
+    bd = phases.icmp(rec)
+    if bd is None:
+        return [f"where the blackout goes: not available: {phases.NO_BREAKDOWN}"]
+    by = ("the harness's own marks alone (no QEMU trace)" if bd.events == "none" else
+          f"QEMU's {bd.events} trace events and the harness's own marks")
+    head = f"where the blackout goes: ICMP hole {bd.blackout_ms:g} ms, by {by}"
+    if not bd.phases:
+        return [head, f"  not available: {bd.missing}"]
+    rows = breakdown_rows(bd)
+    if (fb := phases.flow(rec)) is not None and fb.phases:
+        rows.append(flow_row(fb))
+    width = max(len(k) for k, _ in rows)
+    return [head, *(f"  {k:<{width}}  {v}" for k, v in rows)]
