@@ -18,10 +18,10 @@ from harness.analysis.flows import FlowLog, late_after_ms
 from harness.analysis.tcp_stream import TcpLog
 from harness.errors import InternalError
 from harness.record import RunRecord
-from harness.report import units
+from harness.report import timeline_bands, units
+from harness.report.canvas import LEFT, RIGHT, WIDTH, Canvas
 
-LEFT, RIGHT, TOP = 120, 20, 52
-WIDTH = 1100
+TOP = 52
 ROW = 16
 TCP_HEIGHT = 150
 BEFORE_MS, AFTER_MS = 250.0, 400.0  # shown around the outage
@@ -80,33 +80,6 @@ def span(rec: RunRecord, lanes: list[Lane], tcp: TcpLog | None) -> tuple[float, 
     if tcp is not None and rec.tcp_detail.get("stall_to_ms") is not None:
         hi = max(hi, stop + rec.tcp_detail["stall_to_ms"] / 1000)
     return lo - BEFORE_MS / 1000, hi + AFTER_MS / 1000
-
-
-class Canvas:
-    """SVG elements on a time axis: x(t) maps wall-clock seconds to pixels."""
-
-    def __init__(self, lo: float, hi: float, stop: float) -> None:
-        self.lo, self.hi, self.stop = lo, hi, stop
-        self.parts: list[str] = []
-
-    def x(self, t: float) -> float:
-        return round(LEFT + (t - self.lo) / (self.hi - self.lo) * (WIDTH - LEFT - RIGHT), 1)
-
-    def shown(self, t: float) -> bool:
-        return self.lo <= t <= self.hi
-
-    def add(self, tag: str, **attrs: object) -> None:
-        text = attrs.pop("text", None)
-        attr = " ".join(f'{k.rstrip("_").replace("_", "-")}="{v}"' for k, v in attrs.items())
-        inner = html.escape(str(text)) if text is not None else ""
-        self.parts.append(f"<{tag} {attr}>{inner}</{tag}>" if text is not None
-                          else f"<{tag} {attr}/>")
-
-    def vline(self, t: float, y0: float, y1: float, color: str, label: str = "") -> None:
-        self.add("line", x1=self.x(t), x2=self.x(t), y1=y0, y2=y1, stroke=color,
-                 stroke_dasharray="4 3")
-        if label:
-            self.add("text", x=self.x(t) + 3, y=y0 - 4, text=label, font_size=11, fill=color)
 
 
 def draw_lane(c: Canvas, lane: Lane, y: float) -> None:
@@ -197,6 +170,11 @@ def draw(rec: RunRecord, icmp: ping.PingLog, flow_log: FlowLog | None,
     bottom = TOP + len(lanes) * ROW
     for i, lane in enumerate(lanes):
         draw_lane(c, lane, TOP + i * ROW + ROW / 2)
+    found = timeline_bands.bands(rec, lanes)
+    for j, band in enumerate(found):
+        lane_y = None if band.lane is None else TOP + (band.lane + 1) * ROW - 3
+        timeline_bands.draw_band(c, band, bottom + 6 + j * (timeline_bands.BAND + 4), lane_y)
+    bottom += len(found) * (timeline_bands.BAND + 4) + (6 if found else 0)
     height = bottom + 30
     if tcp is not None:
         draw_tcp(c, rec, tcp, bottom + 30)
@@ -205,10 +183,15 @@ def draw(rec: RunRecord, icmp: ping.PingLog, flow_log: FlowLog | None,
     # STOP's label above RESUME's: the two lines may be a few pixels apart.
     for t, label, top in ((stop, "STOP", TOP - 18), (resume, "RESUME", TOP - 4)):
         c.vline(t, top, height, COLORS["stop"], label)
-    return page(rec, c, height + 40)
+    end: float = height + 40
+    if found:
+        c.parts.insert(0, timeline_bands.HATCH)
+        end = timeline_bands.draw_zoom(c, found[0], height + 70)
+    return page(rec, c, end, found)
 
 
-def page(rec: RunRecord, c: Canvas, height: float) -> str:
+def page(rec: RunRecord, c: Canvas, height: float,
+         found: list[timeline_bands.Band] | None = None) -> str:
     title = (f"tapmig {rec.mode} migration · QEMU {rec.qemu_version} · {rec.accel} · "
              f"{rec.vcpus} vCPU, {rec.queues} queues")
     legend = [("reply", "reply"), ("late", "late reply"), ("lost", "request never answered "
@@ -216,11 +199,15 @@ def page(rec: RunRecord, c: Canvas, height: float) -> str:
               ("rx", "TCP echoed")]
     keys = "".join(f'<span><i style="background:{COLORS[k]}"></i>{html.escape(v)}</span>'
                    for k, v in legend)
+    if found:
+        keys += timeline_bands.legend()
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0f}" '
            f'font-family="sans-serif">{"".join(c.parts)}</svg>')
     return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
             "</title><style>body{font-family:sans-serif;margin:1em}"
             "span{margin-right:1.2em;font-size:12px}i{display:inline-block;width:10px;"
-            "height:10px;margin-right:4px}</style></head><body>"
+            "height:10px;margin-right:4px}td,th{border:1px solid #ccc;padding:1px 6px;"
+            "font-size:12px}table{border-collapse:collapse}</style></head><body>"
             f"<h3>{html.escape(title)}</h3><p>{html.escape(figures(rec))}</p>"
-            f"<p>{keys}</p>{svg}</body></html>\n")
+            f"<p>{keys}</p>{svg}{timeline_bands.table(found) if found else ''}"
+            "</body></html>\n")
