@@ -67,13 +67,21 @@ class Combination:
     # Timeline pictures (harness.report.timeline) of the run with the median blackout and of
     # the worst one, relative to the report's directory.
     timelines: dict[str, str] = field(default_factory=dict)
+    # Where the blackout goes (harness.report.phase_summary): per phase of the ICMP hole,
+    # and per sum of a kind ("sum:QEMU", "sum:harness time") and virtio-net's save and
+    # load, over the ok runs with a breakdown; n=0 where every run lacked it (not
+    # available), absent where this mode has no such step. Empty in reports before them.
+    phases: dict[str, Summary] = field(default_factory=dict)
+    breakdowns: int = 0  # ok runs with a breakdown
+    breakdown_notes: list[str] = field(default_factory=list)  # what was not available
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Combination:
         return cls(**{**data, "mode": as_mode(data["mode"]),
                       "failed": Outcomes(**data["failed"]),
                       "unsupported": Outcomes(**data["unsupported"]),
-                      "metrics": {m: Summary(**s) for m, s in data["metrics"].items()}})
+                      "metrics": {m: Summary(**s) for m, s in data["metrics"].items()},
+                      "phases": {p: Summary(**s) for p, s in data.get("phases", {}).items()}})
 
 
 @dataclass
@@ -86,6 +94,22 @@ class Ratio:
     den: str
     ratio: float | None
     ci: list[float] | None
+
+
+@dataclass
+class PhaseDiff:
+    """local - new-TAP of one phase on one build: the difference of the medians, with the
+    95% bootstrap interval (each side resampled alone); `note` where a side lacks it."""
+
+    label: str  # the build
+    num: str  # Combination.key of local
+    den: str  # Combination.key of new-tap
+    phase: str
+    delta: float | None
+    ci: list[float] | None
+    n_num: int
+    n_den: int
+    note: str = ""
 
 
 @dataclass
@@ -137,13 +161,15 @@ class Report:
     # (harness.report.chain_summary); and notes of a merge of shards (harness.campaign.shards).
     chains: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    phase_diffs: list[PhaseDiff] = field(default_factory=list)  # local - new-TAP, per phase
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "partial": self.partial, "meta": self.meta.to_json(),
                 "combinations": [asdict(c) for c in self.combinations],
                 "ratios": [asdict(r) for r in self.ratios],
                 "series": {k: [asdict(p) for p in pts] for k, pts in self.series.items()},
-                "chains": self.chains, "notes": self.notes}
+                "chains": self.chains, "notes": self.notes,
+                "phase_diffs": [asdict(d) for d in self.phase_diffs]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
@@ -156,4 +182,5 @@ class Report:
                    ratios=[Ratio(**r) for r in data.get("ratios", [])],
                    series={k: [Point(**p) for p in pts]
                            for k, pts in data.get("series", {}).items()},
-                   chains=list(data.get("chains", [])), notes=list(data.get("notes", [])))
+                   chains=list(data.get("chains", [])), notes=list(data.get("notes", [])),
+                   phase_diffs=[PhaseDiff(**d) for d in data.get("phase_diffs", [])])

@@ -7,7 +7,7 @@ import html
 import math
 import random
 
-from harness.report import chain_summary, units
+from harness.report import chain_summary, phase_render, units
 from harness.report.model import (
     JUDGED,
     TRAFFIC_JUDGED,
@@ -119,6 +119,7 @@ def render_markdown(report: Report) -> str:
         lines += ["", "Traffic across the migration (UDP flows, TCP connection):", "",
                   row(TRAFFIC_HEAD), "|" + "---|" * 2 + "--:|" * (len(TRAFFIC_HEAD) - 2)]
         lines += [row(r) for r in traffic]
+    lines += phase_render.markdown(report)
     if links := _timeline_links(report):
         lines += ["", "Timelines:"] + [f"- [{label}]({path})" for label, path in links]
     lines += ["", "Ratios of medians [95% bootstrap CI]:"] + [f"- {x}" for x in ratio_lines or
@@ -263,9 +264,11 @@ def render_html(report: Report) -> str:
         "td,th{border:1px solid #ccc;padding:2px 6px} td{white-space:nowrap}",
         "table{border-collapse:collapse} .partial{color:#b00;font-weight:bold}",
         "svg{font-size:12px} .ax{stroke:black} .grid{stroke:#ddd} .small{font-size:10px}",
+        ".kind-harness-time td{background:#fdf1df} .kind-residual td{background:#fbe3e1}",
         f"</style></head><body><h1>{esc(_title(report))}</h1>",
         banner if report.partial else "", f"<p>{esc(context(report))}</p>",
         f"<table><tr>{head}</tr>{body}</table>", _traffic_html(report),
+        phase_render.html_section(report),
         _svg_iterations(report),
         _svg_distribution(report), "<h2>Ratios of medians [95% bootstrap CI]</h2><ul>",
         _items(ratio_lines) + "</ul>", "<h2>Not supported / failed / missing</h2><ul>",

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from harness import atomic
 from harness.errors import UsageError
 from harness.record import RunRecord
+from harness.report import phase_summary
 from harness.report.chain_summary import chain_summaries
 from harness.report.model import (
     JUDGED,
@@ -86,6 +87,7 @@ def combination_stats(records: list[RunRecord]) -> list[Combination]:
             metrics={m: summarize(v := _values(recs, m), ok - len(v))
                      for m in METRICS + _traffic_metrics(recs)},
             timelines=_timelines(recs)))
+        phase_summary.attach(out[-1], recs)
     return out
 
 
@@ -185,7 +187,8 @@ def _meta(records: list[RunRecord], given: dict[str, str]) -> Meta:
 
 def build_report(records: list[RunRecord], meta: dict[str, str], partial: bool,
                  notes: list[str] | None = None) -> Report:
-    """The statistics, ratios and per-iteration series of these records, and their chains."""
+    """The statistics, ratios and per-iteration series of these records, where their
+    blackouts went (per phase, and local - new-TAP), and their chains."""
     combos = combination_stats(records)
     series: dict[str, list[Point]] = {}
     for (qemu, mode), recs in _groups(records).items():
@@ -195,7 +198,8 @@ def build_report(records: list[RunRecord], meta: dict[str, str], partial: bool,
         series[f"{mode}@{qemu}"] = sorted(pts, key=lambda p: p.iteration)
     return Report(partial=partial, meta=_meta(records, meta), combinations=combos,
                   ratios=ratios(records, combos), series=series,
-                  chains=chain_summaries(records), notes=notes or [])
+                  chains=chain_summaries(records), notes=notes or [],
+                  phase_diffs=phase_summary.differences(combos, _groups(records)))
 
 
 def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
