@@ -22,6 +22,7 @@ from harness.report.model import (
     Report,
     Summary,
 )
+from harness.report.phase_compare import PhaseMove, most, moves
 from harness.report.render import ci_text
 
 # Meta fields that must agree, with the words the message uses for them.
@@ -41,6 +42,7 @@ class Judgement:
     current_median: float | None
     why: str
     min_max_only: bool  # an interval it rests on is just [min, max] of few runs
+    phase: str | None = None  # the phase that moved most, where the line names one
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Verdict:
     judgements: list[Judgement] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)  # only with allow_mismatch
     unchecked: list[str] = field(default_factory=list)  # context a report does not record
+    phases: list[PhaseMove] = field(default_factory=list)  # per phase, baseline vs current
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,20 +156,25 @@ def _context_notes(baseline: Report, current: Report, allow_mismatch: bool,
 
 def compare(baseline: Report, current: Report, threshold: float,
             allow_mismatch: bool = False) -> Verdict:
-    """Regression = worse by more than the threshold AND outside the noise of both runs."""
+    """Regression = worse by more than the threshold AND outside the noise of both runs;
+    each pair's phases say which moved, and a regression names the one that moved most."""
     base, cur = baseline.combinations, current.combinations
     found, unchecked, lines = _context_notes(baseline, current, allow_mismatch)
     pairs = _pairs(base, cur)
-    judgements = []
+    judgements, moved = [], []
     for b, c in pairs:
         label = f"{b.mode} {b.build}" + ("" if b.build == c.build else f" -> {c.build}")
+        phase_moves, phase_lines = moves(label, b, c)
         traffic = {m: w for m, w in TRAFFIC_JUDGED.items() if m in b.metrics and m in c.metrics}
         for metric, what in {**JUDGED, **traffic}.items():
             bs, cs = b.metrics[metric], c.metrics[metric]
             bad, why = _judge(bs, cs, threshold)
-            judgements.append(Judgement(label, metric, bad, bs.median, cs.median, why,
-                                        bs.ci_is_range or cs.ci_is_range))
-            lines.append(f"{label}: {what}: {why}")
+            phase, words = most(phase_moves, metric, bad)
+            judgements.append(Judgement(label, metric, bad, bs.median, cs.median, why + words,
+                                        bs.ci_is_range or cs.ci_is_range, phase))
+            lines.append(f"{label}: {what}: {why}{words}")
+        lines += phase_lines
+        moved += phase_moves
     matched = [id(x) for pair in pairs for x in pair]
     lines += [f"not compared: {side} {x.mode} {x.build} has no counterpart"
               for side, cs in (("baseline", base), ("current", cur))
@@ -174,4 +182,5 @@ def compare(baseline: Report, current: Report, threshold: float,
     if weak := sum(j.min_max_only for j in judgements):
         lines.append(f"note: {weak} of {len(judgements)} verdicts rest on intervals that are "
                      "just [min, max] of a few runs; more iterations would make them firmer")
-    return Verdict(any(j.regressed for j in judgements), lines, judgements, found, unchecked)
+    return Verdict(any(j.regressed for j in judgements), lines, judgements, found, unchecked,
+                   moved)
