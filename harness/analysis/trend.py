@@ -9,6 +9,8 @@ the interval excludes zero and the fitted change is large enough to matter; memo
 judged on the second half of the chain, after its warm-up. Each finding carries its
 Theil-Sen intercept and the hops it was fitted on, so a report can draw the fitted line
 over exactly the points the verdict rests on; `shown` gives the whole series, thinned.
+Each phase of the blackout drifts or not on its own (phase_findings), so that a chain
+whose blackout creeps up says where: before STOP, in QEMU, or in the harness.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from harness.analysis.downtime import PHASES, RESIDUAL, Breakdown
 from harness.record import RunRecord
 
 Z95 = 1.959963984540054
@@ -34,7 +37,12 @@ COUNTERS = ("qemu_fds", "qemu_tun_fds", "tap_queues_attached", "tap_queues_disab
 MEMORY = ("qemu_anon_kib", "tapmig_rss_kib")
 DRIFTS = ("blackout_ms", "downtime_ms")
 UNITS = {"qemu_anon_kib": "KiB", "tapmig_rss_kib": "KiB", "blackout_ms": "ms",
-         "downtime_ms": "ms"}  # the rest are counts
+         "downtime_ms": "ms"}  # the rest are counts, but for the phases (ms)
+# Each phase of the blackout (harness.analysis.downtime), as "phase:<name>": judged by
+# the drift rule, but flagged only from a fitted change of a millisecond, the probe's
+# resolution: a phase of 30 µs that doubles is no drift of the blackout.
+PHASE = "phase:"
+PHASE_DRIFT_FLOOR_MS = 1.0
 
 T = TypeVar("T")
 
@@ -127,16 +135,29 @@ def _memory_rule(slope: Slope, ys: list[float]) -> tuple[bool, str]:
                   + (": a leak" if leak else f" (flagged from {RSS_LEAK_KIB} KiB)"))
 
 
-def _drift_rule(slope: Slope, ys: list[float]) -> tuple[bool, str]:
+def _drift(slope: Slope, ys: list[float], floor: float) -> tuple[bool, str]:
     change = slope.per_hop * (len(ys) - 1)
     if slope.ci is None:
         return False, "too few hops for a trend"
-    limit = DRIFT_FRACTION * abs(statistics.median(ys))
+    limit = max(DRIFT_FRACTION * abs(statistics.median(ys)), floor)
     drifts = (slope.ci[0] > 0 or slope.ci[1] < 0) and abs(change) >= limit
     way = "drifts up" if change > 0 else "drifts down"
     return drifts, (f"fitted change {change:+.1f} over the chain"
                     + (f": {way}" if drifts else f" (flagged from ±{limit:.1f}, with a "
                        "95% interval that excludes 0)"))
+
+
+def _drift_rule(slope: Slope, ys: list[float]) -> tuple[bool, str]:
+    return _drift(slope, ys, 0.0)
+
+
+def _phase_rule(slope: Slope, ys: list[float]) -> tuple[bool, str]:
+    return _drift(slope, ys, PHASE_DRIFT_FLOOR_MS)
+
+
+def unit(metric: str) -> str:
+    """The figure's unit; "" for a count."""
+    return "ms" if metric.startswith(PHASE) else UNITS.get(metric, "")
 
 
 def judge(metric: str, kind: str, hops: list[int], ys: list[float], rule: Rule) -> Finding:
@@ -203,4 +224,26 @@ def findings(recs: list[RunRecord]) -> list[Finding]:
                 pts = pts[len(pts) // 2:]
             if pts:
                 out.append(judge(metric, kind, [h for h, _ in pts], [y for _, y in pts], rule))
+    return out
+
+
+def phase_series(rec: RunRecord) -> dict[str, float]:
+    """ms per phase of the record's ICMP hole, by "phase:<name>"; none without one."""
+    bd = Breakdown.from_json(rec.downtime_breakdown)
+    return {} if bd is None or not bd.phases else {
+        PHASE + name: ms for name, ms in bd.phase_ms().items()}
+
+
+def phase_findings(recs: list[RunRecord]) -> list[Finding]:
+    """The drift of each phase of the blackout along one chain's ok hops, in phase order;
+    a phase only some hops have is judged on those."""
+    ok = sorted((r for r in recs if r.status == "ok" and r.hop is not None),
+                key=lambda r: r.hop or 0)
+    rows = [(r.hop or 0, phase_series(r)) for r in ok]
+    out = []
+    for name in (*PHASES, RESIDUAL):
+        pts = [(hop, s[PHASE + name]) for hop, s in rows if PHASE + name in s]
+        if pts:
+            out.append(judge(PHASE + name, "drift", [h for h, _ in pts], [y for _, y in pts],
+                             _phase_rule))
     return out

@@ -13,7 +13,16 @@ import html
 import statistics
 from typing import Any
 
-from harness.analysis.trend import MIN_TREND, UNITS, Finding, findings, shown
+from harness.analysis.trend import (
+    MIN_TREND,
+    PHASE,
+    PHASE_DRIFT_FLOOR_MS,
+    Finding,
+    findings,
+    phase_findings,
+    shown,
+    unit,
+)
 from harness.record import RunRecord
 from harness.report import soak_plot
 
@@ -33,9 +42,9 @@ def _end(recs: list[RunRecord]) -> str:
 
 
 def _flag_line(chain: str, f: Finding) -> str:
-    unit = UNITS.get(f.metric, "")
     ci = "" if f.ci is None else f" [{f.ci[0]:+.3g}, {f.ci[1]:+.3g}]"
-    slope = "" if f.per_hop is None else f", {f.per_hop:+.3g} {unit}/hop{ci}".replace(" /", "/")
+    slope = ("" if f.per_hop is None else
+             f", {f.per_hop:+.3g} {unit(f.metric)}/hop{ci}".replace(" /", "/"))
     word = "LEAK" if f.kind == "leak" else "DRIFT"
     return (f"{word}: {chain}: {f.metric} {f.first:g} -> {f.last:g} over {f.n} hops"
             f"{slope}: {f.note}")
@@ -47,6 +56,7 @@ def summarize_chain(ident: str, recs: list[RunRecord]) -> dict[str, Any]:
     prints = [r.footprint for r in ok if r.footprint]
     hop_s = [r.duration_s for r in ok if r.duration_s is not None]
     found = findings(recs)
+    drifts = phase_findings(recs)
     return {
         "chain": ident, "mode": recs[0].mode, "qemu": recs[0].qemu,
         "qemu_version": recs[0].qemu_version, "shard": recs[0].shard, "hops": len(recs),
@@ -54,8 +64,10 @@ def summarize_chain(ident: str, recs: list[RunRecord]) -> dict[str, Any]:
         "median_hop_s": statistics.median(hop_s) if hop_s else None,
         "first": prints[0] if prints else None, "last": prints[-1] if prints else None,
         "findings": [f.to_json() for f in found],
-        "flags": [_flag_line(ident, f) for f in found if f.flagged],
+        "flags": [_flag_line(ident, f) for f in (*found, *drifts) if f.flagged],
         "series": shown(recs),
+        # Each phase of the blackout along the chain; absent from summaries before them.
+        "phase_findings": [f.to_json() for f in drifts],
     }
 
 
@@ -116,6 +128,7 @@ def markdown(chains: list[dict[str, Any]]) -> list[str]:
             "|" + "---|" * 3 + "--:|" * (len(HEAD) - 4) + "---|",
             *[row(r) for r in rows(chains)], "", "Leaks and drift:",
             *[f"- {x}" for x in flags or ["none flagged"]],
+            *phase_markdown(chains),
             *[line for c in chains for line in soak_plot.markdown(c)]]
 
 
@@ -130,4 +143,54 @@ def html_section(chains: list[dict[str, Any]]) -> str:
     return (f"<h2>Chains (one boot, many migrations): first → last hop</h2><table>"
             f"<tr>{head}</tr>{body}</table><h3>Leaks and drift</h3><ul>"
             + "".join(f'<li class="flag">{esc(x)}</li>' for x in flags) + "</ul>"
+            + phase_html(chains)
             + "".join(soak_plot.html_panels(c) for c in chains))
+
+
+PHASE_NOTE = ("Theil-Sen slope of each phase of the blackout against the hop, ms/hop [95% CI];"
+              " DRIFT as for the blackout, but only from a fitted change of "
+              f"{PHASE_DRIFT_FLOOR_MS:g} ms over the chain")
+
+
+def _signed(v: float) -> str:
+    """+0.12, -3.1; a flat phase reads 0."""
+    return "0" if v == 0 else f"{v:+.3g}"
+
+
+def phase_rows(chains: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): a row per phase, a column per chain that has phase findings."""
+    have = [c for c in chains if c.get("phase_findings")]
+    per = [{f["metric"].removeprefix(PHASE): f for f in c["phase_findings"]} for c in have]
+    names = list(dict.fromkeys(n for p in per for n in p))
+
+    def cell(f: dict[str, Any] | None) -> str:
+        if f is None:
+            return "no such step"
+        if f["per_hop"] is None:
+            return "one hop: no trend"
+        ci = "(no CI: too few hops)" if f["ci"] is None else \
+            f"[{_signed(f['ci'][0])}, {_signed(f['ci'][1])}]"
+        return f"{_signed(f['per_hop'])} {ci}" + (" DRIFT" if f["flagged"] else "")
+
+    return (["phase", *(c["chain"] for c in have)],
+            [[n, *(cell(p.get(n)) for p in per)] for n in names])
+
+
+def phase_markdown(chains: list[dict[str, Any]]) -> list[str]:
+    head, body = phase_rows(chains)
+    if not body:
+        return []
+    return ["", f"Per-phase drift: {PHASE_NOTE}.", "",
+            "| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1),
+            *("| " + " | ".join(r) + " |" for r in body)]
+
+
+def phase_html(chains: list[dict[str, Any]]) -> str:
+    head, body = phase_rows(chains)
+    if not body:
+        return ""
+    esc = html.escape
+    return (f"<h3>Per-phase drift</h3><p>{esc(PHASE_NOTE)}</p><table><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in r) + "</tr>"
+                      for r in body) + "</table>")
