@@ -34,7 +34,10 @@ HEAD = ("chain", "mode", "QEMU", "hops ok", "median hop s", "QEMU fds", "TUN fds
 def _end(recs: list[RunRecord]) -> str:
     last = recs[-1]
     ok = sum(r.status == "ok" for r in recs)
-    if last.status == "ok":
+    undecided = sum(r.status == "inconclusive" for r in recs)
+    if last.status in ("ok", "inconclusive"):
+        if undecided:
+            return f"{len(recs)} hops: {ok} ok, {undecided} inconclusive (host too noisy)"
         return f"{ok} hops, all ok"
     kind = (last.failure or {}).get("kind", last.status)
     reason = (last.error or "no reason recorded").splitlines()[0]

@@ -175,6 +175,11 @@ def compare(baseline: Report, current: Report, threshold: float,
             lines.append(f"{label}: {what}: {why}{words}")
         lines += phase_lines
         moved += phase_moves
+    for b, c in pairs:
+        for side, x in (("baseline", b), ("current", c)):
+            if x.inconclusive.count:
+                lines.append(f"{side} {x.mode} {x.build}: {x.inconclusive.count} of {x.runs} "
+                             "runs inconclusive (host too noisy to judge), not in the figures")
     matched = [id(x) for pair in pairs for x in pair]
     lines += [f"not compared: {side} {x.mode} {x.build} has no counterpart"
               for side, cs in (("baseline", base), ("current", cur))

@@ -74,12 +74,16 @@ class Combination:
     phases: dict[str, Summary] = field(default_factory=dict)
     breakdowns: int = 0  # ok runs with a breakdown
     breakdown_notes: list[str] = field(default_factory=list)  # what was not available
+    # Runs the host was too noisy to judge: counted apart, never ok nor failed; an older
+    # report has none.
+    inconclusive: Outcomes = field(default_factory=Outcomes)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Combination:
         return cls(**{**data, "mode": as_mode(data["mode"]),
                       "failed": Outcomes(**data["failed"]),
                       "unsupported": Outcomes(**data["unsupported"]),
+                      "inconclusive": Outcomes(**data.get("inconclusive", {})),
                       "metrics": {m: Summary(**s) for m, s in data["metrics"].items()},
                       "phases": {p: Summary(**s) for p, s in data.get("phases", {}).items()}})
 

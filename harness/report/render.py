@@ -75,7 +75,8 @@ def _gaps(c: Combination) -> list[str]:
     """Every run or figure of one combination that did not make it into the table."""
     name = f"{c.mode} {c.build}"
     out = []
-    for outcomes, what in ((c.unsupported, "not supported"), (c.failed, "failed")):
+    for outcomes, what in ((c.unsupported, "not supported"), (c.failed, "failed"),
+                           (c.inconclusive, "inconclusive (host too noisy to judge)")):
         for reason, count in outcomes.reasons.items():
             out.append(f"{what}: {name}: {count} of {c.runs} runs: {reason}")
     for metric, s in c.metrics.items():

@@ -84,6 +84,7 @@ def combination_stats(records: list[RunRecord]) -> list[Combination]:
             key=f"{recs[0].mode}@{qemu}", qemu=qemu, qemu_version=version, mode=recs[0].mode,
             build=f"{version} ({short[qemu]})", runs=len(recs), ok=ok,
             failed=_outcomes(recs, "failed"), unsupported=_outcomes(recs, "unsupported"),
+            inconclusive=_outcomes(recs, "inconclusive"),
             metrics={m: summarize(v := _values(recs, m), ok - len(v))
                      for m in METRICS + _traffic_metrics(recs)},
             timelines=_timelines(recs)))
