@@ -6,11 +6,17 @@ event QEMU sends in between waits in the socket and is read at the next call, wi
 QEMU's own timestamp. The listener's history is the record of every event; take()
 returns the first event in it that matches and that no earlier take() returned, so an
 event that came before a wait is seen, and one a wait passed over stays for a later one.
+
+qemu.qmp logs a named client to logging.getLogger("qemu.qmp.protocol.<name>"), which
+logging's manager keeps for the life of the process: one logger per VM, and a chain
+names every target anew (target-N). So the client is unnamed, and its logger is an
+_Unlisted one of the same name that the manager does not keep: it goes with the Monitor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +24,24 @@ from qemu.qmp import EventListener, QMPClient, Runstate
 
 T = TypeVar("T")
 Event = dict[str, Any]
+# The logger qemu.qmp gives a named connection the child of; see _Unlisted.
+QMP_LOGGER = "qemu.qmp.protocol"
+
+
+class _Unlisted(logging.Logger):
+    """A child of `parent` by name and by propagation, but not in logging's manager, so
+    that it is freed with its client. Its level, handlers and disabling come through
+    `parent` as a listed child's would; what is enabled is not cached, because the
+    manager clears the caches of only the loggers it keeps."""
+
+    def __init__(self, parent: logging.Logger, name: str) -> None:
+        super().__init__(f"{parent.name}.{name}")
+        self.parent = parent
+
+    def isEnabledFor(self, level: int) -> bool:
+        if self.disabled or self.manager.disable >= level:
+            return False
+        return level >= self.getEffectiveLevel()
 
 
 class Monitor:
@@ -26,7 +50,8 @@ class Monitor:
     def __init__(self, nickname: str, timeout: float) -> None:
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
-        self._client = QMPClient(nickname)
+        self._client = QMPClient()
+        self._client.logger = _Unlisted(logging.getLogger(QMP_LOGGER), nickname)
         # The client's default listener hears every event; nothing else reads its queue.
         self._listener: EventListener = self._client.events
         self._next = 0  # every event before this index in the history has been taken
