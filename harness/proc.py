@@ -10,10 +10,14 @@ import ctypes
 import os
 import secrets
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PREFIX = "tapmig-"
 PR_SET_PDEATHSIG = 1
+# What a user or a CI runner sends to stop a run; both end as KeyboardInterrupt.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def die_with_parent() -> None:
@@ -40,3 +44,19 @@ def unique_name(kind: str = "") -> str:
 
 def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then take them as usual.
+
+    Creating a resource and registering its removal must happen as one step: a Ctrl-C
+    in between (after the file exists, before the ExitStack knows of it) would leave
+    it behind. A signal sent meanwhile stays pending and is handled when the block
+    ends, once the removal is registered. Nothing that starts a long-lived child may
+    run inside, because a child inherits the mask."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

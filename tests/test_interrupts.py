@@ -23,11 +23,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from harness.host import reaper
+from harness.host.rundir import ShmFile
+from harness.proc import signals_deferred
 from harness.vocabulary import AccelChoice
 from tests.support import REPO, children, cmdline, stat_fields
 
@@ -307,3 +310,21 @@ def test_interrupt_swallowed_in_an_at_fork_callback_is_delivered_again() -> None
     res = subprocess.run([sys.executable, "-c", SWALLOWED_AT_FORK], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.stdout == "interrupted\n", res.stderr
+
+
+def test_a_signal_while_a_resource_is_made_waits_until_its_removal_is_registered(
+        tmp_path: Path) -> None:
+    """The Lab creates its run dir, namespace and shm file inside signals_deferred. A
+    SIGINT sent between creating the shm file and the stack registering its removal
+    (here: before the file is even made) used to leave the file behind on a loaded
+    host; held until the block ends, it unwinds a stack that removes it."""
+    registered = False
+    with pytest.raises(KeyboardInterrupt), ExitStack() as stack:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            ram = stack.enter_context(ShmFile(1, tmp_path))
+            registered = True
+        pytest.fail("the SIGINT was not delivered when the block ended")
+    assert registered
+    assert not ram.exists()
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # the mask is restored

@@ -18,6 +18,7 @@ from harness.errors import CheckFailed
 from harness.host.netns import Namespace
 from harness.host.rundir import SHM_DIR, RunDir, ShmFile
 from harness.probes import driver
+from harness.proc import signals_deferred
 from harness.qemu import accel
 from harness.qemu.trace import trace_args
 from harness.qemu.vm import VM
@@ -46,9 +47,10 @@ class Lab:
         self.log = log
         self.observers = tuple(observers)
         self.stack = stack
-        self.rundir: Path = stack.enter_context(RunDir())
-        self.ns = stack.enter_context(Namespace())
-        self.shm = stack.enter_context(ShmFile(cfg.ram_mib, shm_dir))
+        with signals_deferred():  # each one removed by the stack as soon as it exists
+            self.rundir: Path = stack.enter_context(RunDir())
+            self.ns = stack.enter_context(Namespace())
+            self.shm = stack.enter_context(ShmFile(cfg.ram_mib, shm_dir))
         self.source: VM | None = None
         self.target: VM | None = None
         self.host_tap = TAP0  # the TAP that holds the host's IP and MAC, and serves the source
