@@ -37,7 +37,7 @@ from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer, Phase
 from harness.vocabulary import AccelChoice, Mode
-from tests.support import REPO, call_tapmig
+from tests.support import REPO, call_tapmig, interruptible
 from tests.support.shared import Hopper, Key, SharedGuest, on
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
@@ -127,7 +127,8 @@ def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
         tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(measure_args(tapmig_qemu, tapmig_accel, out, "--chain", "50"),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 180
         while len(list((out / "records").glob("*.json"))) < 3:

@@ -32,7 +32,7 @@ from harness.host import reaper
 from harness.host.rundir import ShmFile
 from harness.proc import signals_deferred
 from harness.vocabulary import AccelChoice
-from tests.support import REPO, children, cmdline, stat_fields
+from tests.support import REPO, children, cmdline, interruptible, stat_fields
 
 INTERRUPTED = "tapmig: interrupted; everything it started was cleaned up"
 # The bound is the point here: an interrupted run must exit promptly. Teardown takes
@@ -75,7 +75,8 @@ class TapmigRun:
             [sys.executable, "-m", "harness.cli.main", "run", "--qemu", qemu, "--accel", accel,
              "--out", str(out), *LIGHT],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, process_group=0 if own_group else None)
+            stderr=subprocess.PIPE, text=True, process_group=0 if own_group else None,
+            preexec_fn=interruptible)
         self.pid = self.proc.pid
         self.lines: list[str] = []
         self.kids: set[Proc] = set()

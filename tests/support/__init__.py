@@ -25,11 +25,22 @@ from harness.qemu.capabilities import Capabilities
 from harness.testing.plugin import children, stat_fields
 from harness.vocabulary import Mode
 
-__all__ = ["REPO", "call_tapmig", "children", "cmdline", "one_line_error", "run_tapmig",
-           "skip_unless_local", "stat_fields"]
+__all__ = ["REPO", "call_tapmig", "children", "cmdline", "interruptible", "one_line_error",
+           "run_tapmig", "skip_unless_local", "stat_fields"]
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ERROR_PREFIX = "tapmig: error: "
+
+
+def interruptible() -> None:
+    """preexec_fn for a tapmig that a test will Ctrl-C: SIGINT at its default, so that
+    Python in the child raises KeyboardInterrupt on it.
+
+    A shell without job control starts a background job (`ci/test &`, a runner's
+    detached script) with SIGINT ignored; every child inherits that, and Python keeps an
+    inherited SIG_IGN, as a background job should. tapmig is right to ignore it then,
+    but a test of what it does on Ctrl-C would be testing its parent's shell instead."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_tapmig(*args: str, timeout: float = 60, cwd: Path = REPO,
