@@ -29,7 +29,14 @@ from harness.cache import default_cache
 from harness.errors import EXIT_FAILED, GuestBuildFailed, HostError, TapmigError, UsageError
 from harness.guest import embedded
 from harness.guest.assets import Manifest, load_manifest, parse_guest
-from harness.guest.embedded import HELPER_SOURCE, build_embedded, cpio_newc, resolve
+from harness.guest.embedded import (
+    HELPER_SOURCE,
+    apt_state,
+    build_embedded,
+    cpio_newc,
+    resolve,
+    resolve_packages,
+)
 from harness.guest.spec import HELPER, NET_OK, READY, Guest
 from harness.run.config import Config
 from harness.run.scenario import run
@@ -235,6 +242,25 @@ def test_a_failing_build_command_names_its_step_and_its_last_line(
     assert e.command_line == "apt-cache depends linux-image-amd64"
     assert e.exit_code == EXIT_FAILED
     assert not (tmp_path / "cache").exists()
+
+
+def test_what_apt_answered_is_kept_until_apt_changes(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tapmig process resolves the embedded guest; apt answers once per apt state.
+    The second call finds the answer with no apt on PATH at all; any file apt reads
+    that changes (here a pin) changes the state, and so asks apt again."""
+    if shutil.which("apt-cache") is None:
+        pytest.skip("apt-cache is missing: the embedded guest is built on Debian")
+    first = resolve_packages(tmp_path)
+    assert first[1].startswith(f"{first[0]}=") and first[2].startswith("busybox-static=")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    assert resolve_packages(tmp_path) == first
+    assert len(list(tmp_path.glob("apt-*.json"))) == 1
+    etc = tmp_path / "etc-apt"
+    (etc / "preferences.d").mkdir(parents=True)
+    before = apt_state((etc,))
+    (etc / "preferences.d" / "pin").write_text("Package: busybox-static\n")
+    assert apt_state((etc,)) != before
 
 
 def test_a_build_command_that_hangs_is_stopped() -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness import atomic
 from harness.cache import default_cache
 from harness.errors import GuestBuildFailed, HostError
 from harness.guest.assets import GuestSpec, Manifest, cache_dir, fetch
@@ -38,6 +39,9 @@ BUSYBOX_PKG = "busybox-static"
 HELPER_SOURCE = Path(__file__).with_name("helper.c")
 # virtio_pci finds the NIC, virtio_net drives it; their dependencies come from modules.dep.
 MODULES = ("virtio_pci", "virtio_net")
+# What apt resolves a candidate from: a change to any (apt-get update, a pin, a source)
+# may change the answer.
+APT_STATE = (Path("/var/lib/apt/lists"), Path("/etc/apt"), Path("/var/lib/dpkg/status"))
 STEP_TIMEOUT_S = 600.0  # for each command; a download of the kernel package is the longest
 
 INIT = f"""#!/bin/busybox sh
@@ -91,6 +95,41 @@ def _kernel_package() -> str:
         if len(parts) == 2 and parts[0] == "Depends:" and parts[1].startswith("linux-image-"):
             return parts[1]
     raise HostError(f"cannot resolve {KERNEL_META}; run 'apt-get update' and retry")
+
+
+def apt_state(paths: tuple[Path, ...] = APT_STATE) -> str:
+    """A digest of the files apt resolves from: the path, size and mtime of each."""
+    digest = hashlib.sha256()
+    for top in paths:
+        for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def resolve_packages(cache: Path) -> tuple[str, str, str]:
+    """The kernel package, and the kernel and busybox as package=version.
+
+    Kept per apt state: with no pkgcache.bin, each apt-cache call rebuilds apt's cache
+    in memory (0.4 s), and every tapmig process asks three times. A file of a state
+    that is gone is removed."""
+    memo = cache / f"apt-{apt_state()}.json"
+    try:
+        kpkg, kernel, busybox = (str(v) for v in json.loads(memo.read_text()))
+        return kpkg, kernel, busybox
+    except (FileNotFoundError, ValueError, TypeError):  # none yet, or not ours
+        pass
+    kpkg = _kernel_package()
+    found = (kpkg, f"{kpkg}={_apt_candidate(kpkg)}",
+             f"{BUSYBOX_PKG}={_apt_candidate(BUSYBOX_PKG)}")
+    cache.mkdir(parents=True, exist_ok=True)
+    for old in cache.glob("apt-*.json"):
+        old.unlink(missing_ok=True)
+    atomic.write_text(memo, json.dumps(found))
+    return found
 
 
 def _last_line(*outputs: str | bytes | None) -> str:
@@ -191,11 +230,11 @@ def _initramfs(busybox: bytes, helper: bytes, root: Path, release: str,
 def build_embedded(cache: Path | None = None, log: Callable[[str], None] = print) -> Guest:
     """Resolve, download and assemble the guest, or return the cached one."""
     cache = cache or default_cache()
-    kpkg = _kernel_package()
+    kpkg, kernel, busybox = resolve_packages(cache / "guest")
     inputs = {
         "recipe": RECIPE,
-        "kernel": f"{kpkg}={_apt_candidate(kpkg)}",
-        "busybox": f"{BUSYBOX_PKG}={_apt_candidate(BUSYBOX_PKG)}",
+        "kernel": kernel,
+        "busybox": busybox,
         "modules": list(MODULES),
         "init": INIT,
         "helper": hashlib.sha256(HELPER_SOURCE.read_bytes()).hexdigest(),
