@@ -138,3 +138,16 @@ def test_a_vm_launches_once(tapmig_qemu: str, tmp_path: Path) -> None:
     with empty_vm(tapmig_qemu, tmp_path) as vm, pytest.raises(InternalError) as twice:
         vm.launch()
     assert twice.value.invariant
+
+
+def test_a_console_wait_that_times_out_names_the_last_line(tapmig_qemu: str,
+                                                           tmp_path: Path) -> None:
+    """A guest that never gets to its line leaves a maintainer asking where it stopped:
+    the error's first line says, and console_tail holds more. QEMU's own monitor on the
+    console chardev gives it real text to print, with no guest."""
+    vm = empty_vm(tapmig_qemu, tmp_path, "-mon", "chardev=con,mode=readline")
+    with vm, pytest.raises(QEMUError) as caught:
+        vm.wait_console("NEVER-SHOWN", timeout=1.0)
+    first = str(caught.value).splitlines()[0]
+    assert first == "empty: console never showed 'NEVER-SHOWN' within 1s; its last line: '(qemu)'"
+    assert caught.value.console_tail.endswith("monitor - type 'help' for more information\n(qemu)")

@@ -73,8 +73,14 @@ class Console:
                 left = deadline - time.monotonic()
                 if left <= 0 or not alive():
                     why = f"within {timeout:.0f}s" if left <= 0 else "before QEMU exited"
-                    raise self._fail(f"console never showed {pattern!r} {why}")
+                    raise self._fail(f"console never showed {pattern!r} {why}; "
+                                     f"{self._last_line()}")
                 self._cond.wait(timeout=min(left, 0.2))
+
+    def _last_line(self) -> str:
+        """Where a guest that never got there stopped: the console's last line."""
+        lines = self._buf.rstrip().splitlines()
+        return f"its last line: {lines[-1].strip()[:160]!r}" if lines else "it printed nothing"
 
     def type(self, text: str) -> None:
         if self._sock is None:
