@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.campaign import measure
+from harness.campaign import plan
 from harness.cli.parser import parser
 from harness.errors import TapmigError
 from harness.qemu import build, source
@@ -225,7 +225,7 @@ def check_tapmig(words: list[str]) -> list[str]:
         for opt, value in itertools.pairwise(args):
             if opt == "--mode" and "$" not in value:
                 try:
-                    measure.parse_modes([value])
+                    plan.parse_modes([value])
                 except TapmigError as exc:
                     problems.append(f"{shown}: {exc}")
     return problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.campaign.measure import MAX_INCONCLUSIVE, Outcome
+from harness.campaign.outcome import MAX_INCONCLUSIVE, Outcome
 from harness.errors import EXIT_INCONCLUSIVE, Inconclusive
 from harness.record import RunRecord
 from harness.report.chain_summary import chain_summaries

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from harness.campaign.loop import run_campaign
-from harness.campaign.measure import Plan, parse_modes, prepare_out, write_record
+from harness.campaign.plan import Plan, parse_modes
+from harness.campaign.store import prepare_out, write_record
 from harness.errors import EXIT_USAGE, TapmigError
 from harness.record import RunRecord
 from harness.report.model import Combination, Report

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.campaign.measure import Plan, shape, write_record
+from harness.campaign.plan import Plan, shape
 from harness.campaign.shards import Shard, merge, parse_shard, write_manifest
+from harness.campaign.store import write_record
 from harness.errors import UsageError
 from harness.record import RunRecord
 from tests.support import call_tapmig, one_line_error

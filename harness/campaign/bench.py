@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis import trend
-from harness.campaign import loop, measure
+from harness.campaign import loop
+from harness.campaign.plan import Plan, resolve_builds
+from harness.campaign.preflight import preflight
+from harness.campaign.store import prepare_out
 from harness.guest.embedded import build_embedded
 from harness.qemu.capabilities import query_capabilities
 from harness.qemu.vm import VM
@@ -170,11 +173,10 @@ def bench_chain(qemu: str, modes: list[Mode], hops: int, accel: AccelChoice, cac
     `plan` takes measure's other settings (epsilon_ms, flows, tcp, vcpus)."""
     with tempfile.TemporaryDirectory(prefix=f"tapmig-{os.getpid()}-bench-") as tmp:
         where = out or Path(tmp)
-        measure.prepare_out(where)
-        campaign = measure.Plan(builds=measure.resolve_builds([qemu]), modes=tuple(modes),
-                                iterations=1, out=where, accel=accel, cache=cache, hops=hops,
-                                **plan)
-        outcome = loop.run_campaign(campaign, measure.preflight(campaign, log), log)
+        prepare_out(where)
+        campaign = Plan(builds=resolve_builds([qemu]), modes=tuple(modes), iterations=1,
+                        out=where, accel=accel, cache=cache, hops=hops, **plan)
+        outcome = loop.run_campaign(campaign, preflight(campaign, log), log)
     lines = [f"QEMU {', '.join(sorted({r.qemu_version for r in outcome.records}))} ({qemu})"]
     for c in outcome.report.chains:
         lines += chain_lines(c, [r for r in outcome.records if r.chain == c["chain"]])

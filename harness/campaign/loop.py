@@ -10,11 +10,14 @@ the hops of a soak.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from harness.campaign import measure
+from harness.campaign import store
+from harness.campaign.outcome import Outcome, result_text
+from harness.campaign.plan import Plan, config
 from harness.campaign.shards import WHOLE
 from harness.record import RunRecord
 from harness.report import units
@@ -29,10 +32,15 @@ Emit = Callable[[RunRecord], None]
 RunFn = Callable[[Config, Log, Setup | None], RunRecord]
 
 
+def stderr_log(msg: str) -> None:
+    """Progress goes to stderr, so stdout carries only the Markdown summary."""
+    print(f"tapmig: {msg}", file=sys.stderr, flush=True)
+
+
 class Tally:
     """Progress: records kept, their time for the ETA, combinations skipped."""
 
-    def __init__(self, plan: measure.Plan, log: Log) -> None:
+    def __init__(self, plan: Plan, log: Log) -> None:
         self.plan, self.log, self.per_unit = plan, log, plan.hops or 1
         self.done = 0
         self.busy_s, self.timed = 0.0, 0  # a sum, not a list: a soak's memory stays flat
@@ -59,7 +67,7 @@ class Tally:
     def emitter(self, i: int, mode: Mode, label: str, name: str) -> Emit:
         def emit(rec: RunRecord) -> None:
             n = i if self.plan.hops is None else (i - 1) * self.per_unit + (rec.hop or 1)
-            measure.keep(rec, self.plan, n, name)
+            store.keep(rec, self.plan, n, name)
             self.done += 1
             if self.plan.hops is None:
                 head, took = f"[{self.done}/{self.total}] #{i} {label} {mode}:", ".0f"
@@ -74,7 +82,7 @@ class Tally:
             self.since = now
             if rec.status == "ok" or self.plan.hops is None:
                 self.busy_s, self.timed = self.busy_s + spent, self.timed + 1
-            self.log(f"{head} {measure.result_text(rec)} ({spent:{took}}s){self.eta()}")
+            self.log(f"{head} {result_text(rec)} ({spent:{took}}s){self.eta()}")
         return emit
 
     def interrupted(self) -> str:
@@ -83,16 +91,16 @@ class Tally:
         return f"interrupted after {self.done} of {self.total} runs; writing a partial report"
 
 
-def unit_name(plan: measure.Plan, i: int, mode: Mode, label: str) -> str:
+def unit_name(plan: Plan, i: int, mode: Mode, label: str) -> str:
     """The run's (or chain's) directory under runs/, sorting in the order they ran."""
     width = 3 if plan.hops is not None else len(str(plan.iterations or 1))
     return f"{i:0{width}d}-{mode}-{label}"
 
 
-def _unit(plan: measure.Plan, setup: Setup | None, name: str, mode: Mode, label: str,
+def _unit(plan: Plan, setup: Setup | None, name: str, mode: Mode, label: str,
           emit: Emit, deadline: float | None, run_fn: RunFn) -> None:
     """One run, or one chain, of one combination; its chatter into its tapmig.log."""
-    cfg = measure.config(plan, mode, label, name)
+    cfg = config(plan, mode, label, name)
     out = cfg.out or Path(".")
     out.mkdir(parents=True, exist_ok=True)
     with (out / "tapmig.log").open("a", encoding="utf-8") as f:
@@ -107,15 +115,15 @@ def _unit(plan: measure.Plan, setup: Setup | None, name: str, mode: Mode, label:
         ChainRun(chain, emit, log, setup).run()
 
 
-def run_campaign(plan: measure.Plan, setups: Mapping[str, Setup], log: Log = measure.stderr_log,
-                 run_fn: RunFn = scenario.run) -> measure.Outcome:
+def run_campaign(plan: Plan, setups: Mapping[str, Setup], log: Log = stderr_log,
+                 run_fn: RunFn = scenario.run) -> Outcome:
     """Every planned run or chain, then the report; Ctrl-C (or SIGTERM) still writes a
     partial one. A combination the build cannot run is reported once and its later
     iterations skipped; failed runs are kept, counted and do not stop the rest. run_fn
     is scenario.run, or a stand-in for tests of this loop. With
     duration_s, no chain starts, and no hop, once the time is up."""
     deadline = None if plan.duration_s is None else time.monotonic() + plan.duration_s
-    started = measure.begin(plan)
+    started = store.begin(plan)
     tally = Tally(plan, log)
     combos = len(plan.modes) * len(plan.builds)
     interrupted = False
@@ -133,4 +141,4 @@ def run_campaign(plan: measure.Plan, setups: Mapping[str, Setup], log: Log = mea
         interrupted = True
         log(tally.interrupted())
     records = [RunRecord.read(p) for p in sorted((plan.out / "records").glob("*.json"))]
-    return measure.finish(plan, records, started, interrupted)
+    return store.finish(plan, records, started, interrupted)

@@ -14,9 +14,10 @@ from pathlib import Path
 from types import FrameType
 
 from harness.analysis import ping
-from harness.campaign import loop, measure
+from harness.campaign import loop, plan, store
 from harness.campaign.bench import bench, bench_chain
-from harness.campaign.measure import stderr_log as _log
+from harness.campaign.loop import stderr_log as _log
+from harness.campaign.preflight import preflight as preflight_campaign
 from harness.campaign.trace_cost import bench_trace
 from harness.cli.parser import parser
 from harness.errors import (
@@ -130,21 +131,21 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    shape = measure.shape(args.iterations, args.chain, args.duration, args.shard)
-    modes = measure.parse_modes(args.mode)
+    shape = plan.shape(args.iterations, args.chain, args.duration, args.shard)
+    modes = plan.parse_modes(args.mode)
     manifest, spec = _guest_spec(args.guest)
-    measure.prepare_out(args.out)
-    plan = measure.Plan(builds=measure.resolve_builds(args.qemu), modes=modes,
-                        iterations=shape.iterations, out=args.out, accel=args.accel,
-                        queues=args.queues, cache=args.cache,
-                        vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
-                        flows=args.flows, tcp=args.tcp,
-                        guest=resolve(spec, manifest, args.cache, _log), shard=shape.shard,
-                        hops=shape.hops, duration_s=shape.duration_s,
-                        epsilon_ms=args.epsilon_ms)
-    setups = measure.preflight(plan, _log)
-    _log(measure.describe(plan))
-    outcome = loop.run_campaign(plan, setups)
+    store.prepare_out(args.out)
+    campaign = plan.Plan(builds=plan.resolve_builds(args.qemu), modes=modes,
+                         iterations=shape.iterations, out=args.out, accel=args.accel,
+                         queues=args.queues, cache=args.cache,
+                         vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
+                         flows=args.flows, tcp=args.tcp,
+                         guest=resolve(spec, manifest, args.cache, _log), shard=shape.shard,
+                         hops=shape.hops, duration_s=shape.duration_s,
+                         epsilon_ms=args.epsilon_ms)
+    setups = preflight_campaign(campaign, _log)
+    _log(plan.describe(campaign))
+    outcome = loop.run_campaign(campaign, setups)
     print(render_markdown(outcome.report), end="")
     for ext, path in outcome.paths.items():
         _log(f"report.{ext}: {path}")
@@ -216,7 +217,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.trace_cost:
         if args.chain is None:
             raise UsageError("--trace-cost needs --chain N: the hops of each chain")
-        measure.shape(None, args.chain)
+        plan.shape(None, args.chain)
         lines = []
         for mode in modes:
             cfg = Config(qemu=args.qemu, mode=mode, accel=args.accel, cache=args.cache,
@@ -224,7 +225,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          vcpus=traffic.resolve_vcpus(args.vcpus, 4))
             lines += bench_trace(cfg, args.chain, args.iterations, _log)
     elif args.chain is not None:
-        measure.shape(None, args.chain)  # the same check of N as measure --chain
+        plan.shape(None, args.chain)  # the same check of N as measure --chain
         lines = bench_chain(args.qemu, modes, args.chain, args.accel, args.cache, _log,
                             args.out, epsilon_ms=args.epsilon_ms, flows=args.flows,
                             tcp=args.tcp, vcpus=traffic.resolve_vcpus(args.vcpus, 4))
@@ -236,7 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """One report and verdict from the record directories of several shards."""
-    outcome = measure.merge_report(args.dirs, args.out, args.allow_mismatch)
+    outcome = store.merge_report(args.dirs, args.out, args.allow_mismatch)
     print(render_markdown(outcome.report), end="")
     for ext, path in outcome.paths.items():
         _log(f"report.{ext}: {path}")

@@ -1,0 +1,42 @@
+"""A campaign's preflight, per build and before any run: a campaign that cannot work
+fails in one line up front, not once in every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from harness.campaign.plan import Plan
+from harness.errors import Unsupported
+from harness.guest.embedded import build_embedded
+from harness.host.check import check_host
+from harness.qemu import accel
+from harness.qemu.capabilities import query_capabilities
+from harness.run.config import Config
+from harness.run.setup import Setup, check_variant
+
+Log = Callable[[str], None]
+
+
+def preflight(plan: Plan, log: Log) -> dict[str, Setup]:
+    """Host, guest and accelerator settled once per build, up front, so each run only
+    migrates: the capabilities read here are the only ones the campaign reads.
+
+    Also prints which build each label stands for.  An unusable host, a bad
+    --queues or `--accel kvm` without KVM fails here in one line instead of in
+    every run; a variant a build lacks is left to its first run to record.
+    """
+    check_host()
+    guest = plan.guest or build_embedded(plan.cache, log)
+    setups = {}
+    for label, qemu in plan.builds.items():
+        caps = query_capabilities(qemu)
+        for mode in plan.modes:
+            with contextlib.suppress(Unsupported):
+                check_variant(Config(qemu, mode, queues=plan.queues, vcpus=plan.vcpus,
+                                     flows=plan.flows), caps)
+        name, reason = accel.choose(plan.accel, qemu, guest, plan.cache, log)
+        log(f"{label} = {qemu} (QEMU {caps.version}); {name}: {reason}")
+        setups[label] = Setup(caps, guest, name, reason)
+    return setups
