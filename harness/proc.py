@@ -10,9 +10,11 @@ import ctypes
 import os
 import secrets
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 PREFIX = "tapmig-"
 PR_SET_PDEATHSIG = 1
@@ -52,11 +54,27 @@ def signals_deferred() -> Iterator[None]:
 
     Creating a resource and registering its removal must happen as one step: a Ctrl-C
     in between (after the file exists, before the ExitStack knows of it) would leave
-    it behind. A signal sent meanwhile stays pending and is handled when the block
-    ends, once the removal is registered. Nothing that starts a long-lived child may
-    run inside, because a child inherits the mask."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    it behind. Inside the block a stop signal is only noted; when it ends, the usual
+    handlers are back and the first signal noted is raised again for them. A handler,
+    not a signal mask: a process-directed signal goes to any thread that does not block
+    it, and Python then runs the handler in the main thread all the same. Off the main
+    thread nothing is held, as no handler runs there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    owner = os.getpid()
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:  # a child forked inside (pyroute2's) is stopped as usual
+            os._exit(128 + signum)
+        noted.append(signum)
+
+    usual = {signum: signal.signal(signum, note) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in usual.items():
+            signal.signal(signum, handler)
+        if noted:
+            signal.raise_signal(noted[0])
