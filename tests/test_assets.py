@@ -62,10 +62,16 @@ class Route:
 
 
 class Server(ThreadingHTTPServer):
-    """A loopback server that records (path, Range header) for each request."""
+    """A loopback server that records (path, Range header) for each request.
+
+    Its handler threads are joined when it closes (a stalled one is woken first), so no
+    test leaves a thread behind for a later one's before-and-after count."""
+
+    daemon_threads = False
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
+        self.closing = threading.Event()
         self.routes: dict[str, Route] = {}
         self.hits: list[tuple[str, str | None]] = []
 
@@ -89,7 +95,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         if route.stall:
-            time.sleep(route.stall)
+            server.closing.wait(route.stall)
             self.close_connection = True
             return
         if seen <= route.failures:
@@ -131,6 +137,7 @@ def server() -> Iterator[Server]:
     thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv
+    srv.closing.set()
     srv.shutdown()
     srv.server_close()
     thread.join()
