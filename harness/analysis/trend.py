@@ -34,10 +34,10 @@ DRIFT_FRACTION = 0.10  # fitted downtime change over a chain, as a fraction of i
 
 COUNTERS = ("qemu_fds", "qemu_tun_fds", "tap_queues_attached", "tap_queues_disabled",
             "interfaces", "tapmig_fds")
-MEMORY = ("qemu_anon_kib", "tapmig_rss_kib")
+MEMORY = ("qemu_anon_kib", "tapmig_rss_kib", "tapmig_heap_kib")
 DRIFTS = ("blackout_ms", "downtime_ms")
-UNITS = {"qemu_anon_kib": "KiB", "tapmig_rss_kib": "KiB", "blackout_ms": "ms",
-         "downtime_ms": "ms"}  # the rest are counts, but for the phases (ms)
+UNITS = {"qemu_anon_kib": "KiB", "tapmig_rss_kib": "KiB", "tapmig_heap_kib": "KiB",
+         "blackout_ms": "ms", "downtime_ms": "ms"}  # the rest are counts, but for the phases (ms)
 # Each phase of the blackout (harness.analysis.downtime), as "phase:<name>": judged by
 # the drift rule, but flagged only from a fitted change of a millisecond, the probe's
 # resolution: a phase of 30 µs that doubles is no drift of the blackout.
@@ -183,8 +183,9 @@ def series(rec: RunRecord) -> dict[str, float]:
                 "tap_queues_disabled": sum(q[1] for q in queues),
                 "interfaces": len(fp["interfaces"]), "qemu_anon_kib": fp["qemu_anon_kib"],
                 "tapmig_rss_kib": fp["tapmig_rss_kib"]}
-        if "tapmig_fds" in fp:  # records written before it was sampled lack it
-            out["tapmig_fds"] = fp["tapmig_fds"]
+        for late in ("tapmig_fds", "tapmig_heap_kib"):  # older records lack them
+            if fp.get(late) is not None:
+                out[late] = fp[late]
     for metric in DRIFTS:
         if (v := getattr(rec, metric)) is not None:
             out[metric] = float(v)

@@ -25,6 +25,7 @@ LEFT, RIGHT, TOP, BOTTOM = 58, 12, 56, 30  # the axes inside a panel
 INSET = 6  # the first and the last hop's points clear of the axes
 ORDER = MEMORY + DRIFTS + COUNTERS  # the figures whose shape tells most come first
 LABELS = {"qemu_anon_kib": "QEMU anon memory", "tapmig_rss_kib": "tapmig RSS",
+          "tapmig_heap_kib": "tapmig heap in use",
           "blackout_ms": "blackout", "downtime_ms": "QMP downtime", "qemu_fds": "QEMU fds",
           "qemu_tun_fds": "QEMU TUN fds", "tap_queues_attached": "TAP queues attached",
           "tap_queues_disabled": "TAP queues disabled", "interfaces": "interfaces",

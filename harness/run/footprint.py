@@ -12,11 +12,14 @@ its queue is enabled; the TAP's attached and disabled queue counts come from net
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harness.host.netns import Namespace
 
@@ -36,6 +39,7 @@ class Footprint:
     tapmig_rss_kib: int
     tapmig_fds: int  # tapmig's own: QMP connections, netlink sockets, probe pipes
     interfaces: list[str]
+    tapmig_heap_kib: int | None = None  # malloc's bytes in use (heap_in_use_kib)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +76,37 @@ def rss_kib(pid: int | str = "self", key: str = "VmRSS") -> int:
         if line.startswith(f"{key}:"):
             return int(line.split()[1])
     return 0
+
+
+class _Mallinfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (2.33 and later), every field a size_t."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _Mallinfo2] | None:
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except AttributeError:  # not glibc, or older than 2.33
+        return None
+    fn.restype = _Mallinfo2
+    return cast(Callable[[], _Mallinfo2], fn)
+
+
+def heap_in_use_kib() -> int | None:
+    """What tapmig's malloc has handed out and not had back, in every arena and mmap.
+
+    RSS also counts heap that is free but held (fragments the allocator cannot give
+    back), which grows over the first few hundred hops of a chain and then levels off;
+    a native leak grows this instead. None where the libc has no mallinfo2."""
+    fn = _mallinfo2()
+    if fn is None:
+        return None
+    info = fn()
+    return int((info.uordblks + info.hblkhd) // 1024)
 
 
 def _nla(msg: Any, *path: str) -> Any:
@@ -113,4 +148,5 @@ def sample(pid: int, ns: Namespace) -> Footprint:
     return Footprint(qemu_fds=total, qemu_tun_fds=sum(iffs.values()), tun_iff=iffs,
                      tap_queues=tap_queues(ns), qemu_rss_kib=rss_kib(pid),
                      qemu_anon_kib=rss_kib(pid, "RssAnon"), tapmig_rss_kib=rss_kib(),
-                     tapmig_fds=len(fd_targets("self")), interfaces=interfaces(ns))
+                     tapmig_fds=len(fd_targets("self")), interfaces=interfaces(ns),
+                     tapmig_heap_kib=heap_in_use_kib())
