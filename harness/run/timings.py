@@ -1,4 +1,4 @@
-"""Seconds per step of one hop, from the PhaseClock's wall-clock marks.
+"""Seconds per step of one hop, from the PhaseClock's monotonic marks.
 
 Steps are consecutive: each runs from one mark to the next that exists, so a hop that
 failed or was interrupted still shows where its time went up to that point.
