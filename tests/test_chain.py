@@ -36,6 +36,7 @@ from harness.run.chain import SETTLE_S, TAIL_S, Chain, ChainRun
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer, Phase
+from harness.run.timings import STEPS
 from harness.vocabulary import AccelChoice, Mode
 from tests.support import REPO, call_tapmig, interruptible
 from tests.support.shared import Hopper, Key, SharedGuest, on
@@ -67,6 +68,10 @@ def test_a_chain_of_hops_keeps_the_guest_and_leaks_nothing(booted: SharedGuest,
     recs = [hop(epsilon_ms=EPSILON_MS, settle_s=SETTLE_S, tail_s=TAIL_S)
             for _ in range(HOPS)]
     assert [(r.status, r.error) for r in recs] == [("ok", None)] * HOPS
+    # Every step of every hop, timed on the clock of its duration_s (rounded to 1 ms).
+    assert all(list(r.phases) == [s for s, _ in STEPS] for r in recs), recs[0].phases
+    assert all(sum(r.phases.values()) <= (r.duration_s or 0) + 0.001 for r in recs), \
+        [(r.phases, r.duration_s) for r in recs]
     fds = [(r.footprint or {})["qemu_fds"] for r in recs]
     assert fds[-1] == fds[0], fds
     summary = chain_summaries(recs)[0]
@@ -102,6 +107,8 @@ def test_a_failing_hop_ends_the_chain_and_keeps_the_finished_ones(
     assert (failed.failure["kind"], failed.failure["side"], failed.failure["status"]) == (
         "MigrationError", "source", "failed")
     assert failed.checks["last_good_qemu"] == {"qemu": "target-2", "exit_status": 0}
+    # Where its time went, as far as it got: the migration never completed.
+    assert list(failed.phases) == ["settle"] and failed.phases["settle"] > 0, failed.phases
     assert (tmp_path / failed.artifacts["ping-3"]).stat().st_size > 0
     assert chain_summaries(recs)[0]["end"].startswith(
         "ended at hop 3 after 2 ok: MigrationError: migration failed on the source")
@@ -152,6 +159,8 @@ def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
     assert all(r.status == "ok" for r in recs[:-1]) and len(recs) >= 4
     last = recs[-1]
     assert (last.status, (last.failure or {}).get("kind")) == ("failed", "Interrupted")
+    steps = [s for s, _ in STEPS]
+    assert list(last.phases) == steps[:len(last.phases)], last.phases  # as far as it got
     assert last.checks["last_good_qemu"]["exit_status"] == 0
     assert chain["ok"] == len(recs) - 1 and "Interrupted" in chain["end"]
 
