@@ -16,7 +16,6 @@ the rest; every finished hop stays recorded.
 
 from __future__ import annotations
 
-import gc
 import secrets
 import shutil
 import time
@@ -158,10 +157,6 @@ def hop(lab: Lab, hop: Hop, tap0_index: int, clock: PhaseClock) -> Inconclusive 
         pid = phases.serving(lab).pid
         if pid is None:
             raise InternalError("the serving QEMU has no PID after the hop")
-        # The hop's cyclic garbage (its QMP clients' loops, tracebacks) goes first: left
-        # to Python's rare full collections it piled up ~10 KiB a hop, read as growth,
-        # and was freed by the MiB every couple of hundred hops.
-        gc.collect()
         hop.footprint = footprint.sample(pid, lab.ns)
         clock.mark("sampled")
     finally:
