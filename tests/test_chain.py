@@ -32,11 +32,11 @@ from harness.host import reaper
 from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
 from harness.report.chain_summary import chain_summaries
+from harness.run import timings
 from harness.run.chain import SETTLE_S, TAIL_S, Chain, ChainRun
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer, Phase
-from harness.run.timings import STEPS
 from harness.vocabulary import AccelChoice, Mode
 from tests.support import REPO, call_tapmig, interruptible
 from tests.support.shared import Hopper, Key, SharedGuest, on
@@ -69,7 +69,7 @@ def test_a_chain_of_hops_keeps_the_guest_and_leaks_nothing(booted: SharedGuest,
             for _ in range(HOPS)]
     assert [(r.status, r.error) for r in recs] == [("ok", None)] * HOPS
     # Every step of every hop, timed on the clock of its duration_s (rounded to 1 ms).
-    assert all(list(r.phases) == [s for s, _ in STEPS] for r in recs), recs[0].phases
+    assert all(tuple(r.phases) == timings.NAMES for r in recs), recs[0].phases
     assert all(sum(r.phases.values()) <= (r.duration_s or 0) + 0.001 for r in recs), \
         [(r.phases, r.duration_s) for r in recs]
     fds = [(r.footprint or {})["qemu_fds"] for r in recs]
@@ -159,8 +159,7 @@ def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
     assert all(r.status == "ok" for r in recs[:-1]) and len(recs) >= 4
     last = recs[-1]
     assert (last.status, (last.failure or {}).get("kind")) == ("failed", "Interrupted")
-    steps = [s for s, _ in STEPS]
-    assert list(last.phases) == steps[:len(last.phases)], last.phases  # as far as it got
+    assert tuple(last.phases) == timings.NAMES[:len(last.phases)], last.phases  # as far as it got
     assert last.checks["last_good_qemu"]["exit_status"] == 0
     assert chain["ok"] == len(recs) - 1 and "Interrupted" in chain["end"]
 

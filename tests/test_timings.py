@@ -8,9 +8,7 @@ import time
 import pytest
 
 from harness.run.observer import PhaseClock
-from harness.run.timings import STEPS, hop_timings
-
-NAMES = [step for step, _ in STEPS]
+from harness.run.timings import NAMES, STEPS, hop_timings
 
 
 def clock_at(**marks: float) -> PhaseClock:
@@ -22,7 +20,7 @@ def clock_at(**marks: float) -> PhaseClock:
 def test_a_whole_hop_has_every_step_in_order() -> None:
     ends = {end: 10.0 + i for i, (_, end) in enumerate(STEPS, 1)}
     got = hop_timings(clock_at(start=10.0, **ends))
-    assert list(got) == NAMES and all(v == 1.0 for v in got.values())
+    assert tuple(got) == NAMES and all(v == 1.0 for v in got.values())
 
 
 def test_a_failed_hop_stops_at_the_last_mark_it_reached() -> None:

@@ -15,6 +15,7 @@ from harness.run.observer import PhaseClock
 STEPS = (("settle", "migrating"), ("migrate", "migrated"),
          ("switch_host", "resuming"), ("cont", "resumed"), ("tail", "analysed"),
          ("verify", "verified"), ("sample", "sampled"))
+NAMES = tuple(step for step, _ in STEPS)
 
 
 def hop_timings(clock: PhaseClock) -> dict[str, float]:
