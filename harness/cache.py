@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def default_cache() -> Path:
-    """$TAPMIG_CACHE, else $XDG_CACHE_HOME/tapmig, else ~/.cache/tapmig: outside any clone,
-    so a fresh checkout reuses earlier builds."""
+    """$TAPMIG_CACHE, else $XDG_CACHE_HOME/tapmig, else ~/.cache/tapmig: by default outside
+    any clone, so a fresh checkout reuses earlier builds."""
     if env := os.environ.get("TAPMIG_CACHE"):
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")

@@ -345,10 +345,17 @@ def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert cache_dir(tmp_path / "flag") == tmp_path / "flag"
 
 
-def test_cache_dir_inside_the_clone_is_refused() -> None:
-    clone = Path(assets.__file__).resolve().parents[1]
-    with pytest.raises(TapmigError, match="TAPMIG_CACHE"):
+def test_cache_dir_inside_the_clone_is_refused_unless_git_ignores_it() -> None:
+    """A cache of ISOs in the clone must never reach a commit: refused where git would
+    pick it up, accepted where .gitignore keeps it out, as the CI jobs' `.tapmig-cache/`
+    (GitLab caches only paths inside the project)."""
+    clone = Path(assets.__file__).resolve().parents[2]
+    with pytest.raises(TapmigError, match=r"git does not ignore it; add it to \.gitignore"):
         cache_dir(clone / "cache")
+    with pytest.raises(TapmigError, match="set TAPMIG_CACHE elsewhere"):
+        cache_dir(clone / "harness" / "cache")
+    assert cache_dir(clone / ".tapmig-cache") == clone / ".tapmig-cache"
+    assert cache_dir(clone / ".tapmig-cache" / "x") == clone / ".tapmig-cache" / "x"
 
 
 # --- manifest ----------------------------------------------------------------------------

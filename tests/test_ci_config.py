@@ -30,6 +30,7 @@ import yaml
 from harness.campaign import plan
 from harness.cli.parser import parser
 from harness.errors import TapmigError
+from harness.guest import assets
 from harness.qemu import build, source
 from tests.support import REPO
 
@@ -423,6 +424,19 @@ def test_gitlab_job_shape(gitlab: dict[Any, Any], gitlab_job: dict[str, Any]) ->
     assert ("$CI_API_V4_URL/projects/$CI_PROJECT_ID/jobs/artifacts/"
             "${target//\\//%2F}/raw/out/measure/report.json") in script
     assert 'job=$CI_JOB_NAME' in script and "JOB-TOKEN: $CI_JOB_TOKEN" in script
+
+
+def test_the_caches_inside_the_project_are_ignored_by_git(gitlab: dict[Any, Any]) -> None:
+    """GitLab caches only paths inside the project, so the jobs keep their caches there:
+    git must ignore them (no download reaches a commit), and tapmig then accepts its own."""
+    variables = gitlab["variables"]
+    inside = [Path(variables[name].removeprefix("$CI_PROJECT_DIR/"))
+              for name in ("TAPMIG_CACHE", "TAPMIG_APT_CACHE", "PIP_CACHE_DIR")]
+    for path in inside:
+        done = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", f"{path}/"],
+                              check=False, timeout=30)
+        assert done.returncode == 0, f"{path} is not in .gitignore"
+    assert assets.cache_dir(ROOT / inside[0]) == ROOT / inside[0]
 
 
 def test_github_job_shape(github_job: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """Guest assets: the assets.toml manifest, a verified download cache, and --guest parsing.
 
-Assets are large upstream files pinned by sha256. They are cached outside the
-clone and checked before first use. A file with the wrong hash is moved to a
+Assets are large upstream files pinned by sha256. They are cached where no commit
+picks them up (outside the clone, or in a directory of it that git ignores) and
+checked before first use. A file with the wrong hash is moved to a
 quarantine directory rather than deleted, so the user can inspect what the
 mirror served, and it can never be booted by accident.
 """
@@ -12,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import re
+import subprocess
 import sys
 import time
 import tomllib
@@ -209,12 +211,27 @@ def parse_guest(spec: str, manifest: Manifest) -> GuestSpec:
 def cache_dir(override: Path | None = None) -> Path:
     """The cache root: override, $TAPMIG_CACHE, $XDG_CACHE_HOME/tapmig, else ~/.cache/tapmig.
 
-    Big downloads belong in the user's cache, so a root inside the git clone is refused.
+    Big downloads must never end up in a commit, so a root inside the git clone is
+    refused unless git ignores it. The CI jobs keep theirs in the project directory
+    (GitLab caches only paths there), in `.tapmig-cache/`, which .gitignore lists.
     """
     root = (override or default_cache()).expanduser().resolve()
-    if (_CLONE / ".git").exists() and root.is_relative_to(_CLONE):
-        raise UsageError(f"cache {root} is inside the clone {_CLONE}; set TAPMIG_CACHE elsewhere")
+    if (_CLONE / ".git").exists() and root.is_relative_to(_CLONE) and not _git_ignores(root):
+        raise UsageError(f"cache {root} is inside the clone {_CLONE} and git does not ignore "
+                         "it; add it to .gitignore or set TAPMIG_CACHE elsewhere")
     return root
+
+
+def _git_ignores(directory: Path) -> bool:
+    """Whether the clone's git ignores `directory` (which need not exist yet); False where
+    git cannot tell (no git, or a clone it refuses to read)."""
+    try:
+        # The trailing slash: a pattern such as `/.tapmig-cache/` matches directories only.
+        done = subprocess.run(["git", "-C", str(_CLONE), "check-ignore", "-q", "--",
+                               f"{directory}/"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def asset_path(asset: Asset, cache: Path) -> Path:

@@ -33,10 +33,11 @@ import pytest
 from harness.cache import default_cache
 from tests.support import REPO
 
-# What a source checkout has that a wheel must not be built from.
+# What a source checkout has that a wheel must not be built from (the CI jobs keep
+# their caches in the project: .tapmig-cache, .cache).
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
                                     ".mypy_cache", ".ruff_cache", ".pytest_cache", "out",
-                                    ".tapmig-cache", ".baseline")
+                                    ".tapmig-cache", ".cache", ".baseline")
 PIP_TIMEOUT = 600  # a cold pip cache downloads setuptools and the dependencies
 
 
