@@ -22,8 +22,8 @@ from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer
 from harness.run.setup import Setup
-from harness.testing.plugin import kept
-from harness.vocabulary import AccelChoice
+from harness.testing.plugin import ACCEL_DEST, QEMU_DEST, accel_default, kept
+from harness.vocabulary import ACCEL_CHOICES, AccelChoice
 from tests.support import skip_unless_local
 from tests.support.shared import Hopper, Key, SharedGuest, setup_for
 
@@ -33,6 +33,16 @@ pytest_plugins = ["tests.support.wheel", "tests.support.counting"]
 # Every shared guest of the session, so that one left idle can be shut while a test
 # that boots its own guest runs: two TCG guests at once distort the outage.
 SHARED: list[SharedGuest] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """This suite's short spellings of the plugin's --tapmig-qemu and --tapmig-accel (the
+    plugin itself keeps to its namespace, as it loads into every pytest of the venv)."""
+    group = parser.getgroup("tapmig")
+    group.addoption("--qemu", action="append", default=[], dest=QEMU_DEST, metavar="PATH",
+                    help="this suite's short --tapmig-qemu; write --qemu=PATH")
+    group.addoption("--accel", default=accel_default(), choices=ACCEL_CHOICES, dest=ACCEL_DEST,
+                    help="this suite's short --tapmig-accel")
 
 
 def pytest_configure(config: pytest.Config) -> None:

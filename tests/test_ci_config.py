@@ -395,9 +395,9 @@ def test_tests_and_measure_get_the_accelerator_and_the_outputs(gitlab_job: dict[
     for script in [gitlab_script(gitlab_job), *github_scripts(github_job)]:
         for words in commands(script):
             if "pytest" in words[:3]:
-                assert {"--accel=$TAPMIG_ACCEL", "--junitxml=out/junit.xml",
+                assert {"--tapmig-accel=$TAPMIG_ACCEL", "--junitxml=out/junit.xml",
                         "--tapmig-records=out/records",
-                        "--qemu=/usr/bin/qemu-system-x86_64"} <= set(words)
+                        "--tapmig-qemu=/usr/bin/qemu-system-x86_64"} <= set(words)
             if Path(words[0]).name == "tapmig" and words[1] == "measure":
                 assert words[words.index("--accel") + 1] == "$TAPMIG_ACCEL"
                 assert words[words.index("--mode") + 1] == "new-tap,local"
@@ -552,22 +552,24 @@ def test_checker_reports_a_script_that_is_not_executable(project: Project,
 
 def test_checker_reports_a_conftest_option_with_a_separate_value(project: Project) -> None:
     """An option only a conftest.py adds needs `=`: before that conftest is loaded, pytest
-    takes a separate value for a test path. (tapmig's own options come from its plugin,
-    loaded first, so they take either form.)"""
+    takes a separate value for a test path. (The plugin's --tapmig-* options are loaded
+    first, so they take either form; this suite's short --qemu is its conftest's.)"""
     other = Project(project.root, project.pytest_options | {"--late"}, project.markers,
                     frozenset({"--late"}))
     assert check_script('a=(--late /usr/bin/q)\npytest "${a[@]}"', other) == [
         "pytest --late /usr/bin/q: write --late=/usr/bin/q"]
-    assert check_script("pytest --qemu /usr/bin/q", project) == []
+    assert check_script("pytest --tapmig-qemu /usr/bin/q", project) == []
+    assert check_script("pytest --qemu /usr/bin/q", project) == [
+        "pytest --qemu /usr/bin/q: write --qemu=/usr/bin/q"]
 
 
 def test_checker_accepts_what_exists(project: Project) -> None:
     script = """
         set -eo pipefail
-        qemus=(--qemu=/usr/bin/qemu-system-x86_64)
+        qemus=(--tapmig-qemu=/usr/bin/qemu-system-x86_64)
         built=$(ci/build-qemu --source "$SRC" | tail -n 1)
         # a comment naming ci/nothing is not a command
-        .venv/bin/python -m pytest -m kvm --accel=auto --junitxml=out/j.xml "${qemus[@]}" \\
+        .venv/bin/python -m pytest -m kvm --tapmig-accel=auto --junitxml=out/j.xml "${qemus[@]}" \\
             --tapmig-records=out/records -x || rc=$?
         .venv/bin/tapmig measure --qemu "$built" --mode new-tap,local --iterations 3 --out o
         .venv/bin/tapmig guest build > /dev/null

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.qemu.capabilities import query_capabilities
+from harness.testing.plugin import qemus
 from tests.support import REPO
 from tests.support.wheel import Installed
 
@@ -76,11 +77,15 @@ def pytest_in(where: Path, *args: str,
 
 
 def test_each_qemu_is_a_parameter_and_accel_passes_through(project: Path) -> None:
-    done = pytest_in(project, "-s", "-k", "qemus", "--qemu=/a/qemu", "--qemu=/b/qemu",
-                     "--accel", "tcg")
+    done = pytest_in(project, "-s", "-k", "qemus", "--tapmig-qemu=/a/qemu",
+                     "--tapmig-qemu=/b/qemu", "--tapmig-accel", "tcg")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "QEMU /a/qemu tcg" in done.stdout and "QEMU /b/qemu tcg" in done.stdout
     assert "2 passed" in done.stdout
+    # The short spellings are tapmig's own suite's (its conftest.py), not the plugin's.
+    bare = pytest_in(project, "-k", "qemus", "--qemu=/a/qemu")
+    assert bare.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "unrecognized arguments: --qemu=/a/qemu" in bare.stderr
 
 
 def test_qemu_and_accel_default_to_the_environment(project: Path) -> None:
@@ -107,23 +112,23 @@ def test_kvm_marker_is_registered(project: Path) -> None:
 
 def test_qemu_with_a_space_is_refused_where_pytest_misreads_it(project: Path,
                                                                tmp_path: Path) -> None:
-    """pytest picks its rootdir and config before plugins load, from `--qemu PATH`'s PATH
-    too: where that loses the project's config, the run is refused in one line that
+    """pytest picks its rootdir and config before plugins load, from `--tapmig-qemu PATH`'s
+    PATH too: where that loses the project's config, the run is refused in one line that
     gives the spelling that works, before anything is written next to the binary."""
     (project / "pytest.ini").write_text("[pytest]\nmarkers = mine: a marker of its own\n")
     qemu = tmp_path / "bin" / "qemu-system-x86_64"
     qemu.parent.mkdir()
     qemu.write_text("")
-    done = subprocess.run([sys.executable, "-m", "pytest", "--qemu", str(qemu)], cwd=project,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([sys.executable, "-m", "pytest", "--tapmig-qemu", str(qemu)],
+                          cwd=project, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR
-    assert f"write --qemu={qemu}" in done.stderr
+    assert f"write --tapmig-qemu={qemu}" in done.stderr
     assert sorted(p.name for p in qemu.parent.iterdir()) == [qemu.name]
     # A test path as well leads pytest to the project's config: nothing to refuse.
-    fine = pytest_in(project, "--qemu", str(qemu), "test_foreign.py", "-k", "qemus")
+    fine = pytest_in(project, "--tapmig-qemu", str(qemu), "test_foreign.py", "-k", "qemus")
     assert fine.returncode == 0, fine.stdout + fine.stderr
     assert "configfile: pytest.ini" in fine.stdout
-    joined = pytest_in(project, f"--qemu={qemu}", "-k", "qemus")
+    joined = pytest_in(project, f"--tapmig-qemu={qemu}", "-k", "qemus")
     assert joined.returncode == 0, joined.stdout + joined.stderr
 
 
@@ -153,13 +158,13 @@ def test_required_guest_that_cannot_be_built_stops_the_run_naming_it(project: Pa
 
 
 def test_required_series_fails_where_no_qemu_has_it(project: Path) -> None:
-    """series: one --qemu at least must speak the series. Debian's QEMU does not, and
+    """series: one --tapmig-qemu at least must speak the series. Debian's QEMU does not, and
     /bin/true is no QEMU at all: each is named with what it lacks, and nothing runs."""
-    done = pytest_in(project, "--tapmig-require=series", "--qemu=/bin/true",
-                     "--qemu=/usr/bin/qemu-system-x86_64")
+    done = pytest_in(project, "--tapmig-require=series", "--tapmig-qemu=/bin/true",
+                     "--tapmig-qemu=/usr/bin/qemu-system-x86_64")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
     said = done.stdout + done.stderr
-    assert "series: no --qemu has the local-migration series: /bin/true: " in said
+    assert "series: no --tapmig-qemu has the local-migration series: /bin/true: " in said
     assert "; /usr/bin/qemu-system-x86_64 " in said
     bad = pytest_in(project, "--tapmig-require=guest,gpu")
     assert bad.returncode == pytest.ExitCode.USAGE_ERROR
@@ -184,14 +189,15 @@ def test_the_installed_wheel_brings_the_plugin(project: Path, tapmig_installed: 
     QEMU under test: a real local migration where the QEMU has the series, a skip that
     names what is missing where it has not."""
     (project / "test_readme_example.py").write_text(README_EXAMPLE)
-    qemus = request.config.getoption("--qemu") or ["qemu-system-x86_64"]
+    under_test = qemus(request.config)
     done = tapmig_installed.run("pytest", "-p", "no:cacheprovider", "-rs", "--strict-markers",
                                 "-m", "kvm", "test_readme_example.py",
-                                *(f"--qemu={q}" for q in qemus), cwd=project, timeout=600)
+                                *(f"--tapmig-qemu={q}" for q in under_test), cwd=project,
+                                timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    with_series = [q for q in qemus if query_capabilities(q).interface != "none"]
+    with_series = [q for q in under_test if query_capabilities(q).interface != "none"]
     assert f"{len(with_series)} passed" in done.stdout or not with_series, done.stdout
-    if len(with_series) < len(qemus):
+    if len(with_series) < len(under_test):
         assert "lacks the series" in done.stdout, done.stdout
 
 
@@ -213,3 +219,42 @@ def test_local_migration_keeps_the_network(tapmig_qemu, tapmig_capabilities, tap
 
 def test_readme_shows_the_example() -> None:
     assert README_EXAMPLE in (REPO / "README.md").read_text()
+
+
+# A plugin of another project that owns the bare `--qemu`, installed as pytest finds
+# any installed plugin: a distribution on sys.path with a pytest11 entry point.
+THEIR_PLUGIN = '''
+def pytest_addoption(parser):
+    parser.addoption("--qemu", default="their-qemu", help="their own QEMU")
+'''
+THEIR_TEST = '''
+def test_both(pytestconfig, tapmig_qemu):
+    print("THEIRS", pytestconfig.getoption("--qemu"), "OURS", tapmig_qemu)
+'''
+
+
+def test_the_installed_wheel_starts_beside_a_plugin_with_its_own_qemu(
+        tapmig_installed: Installed, tmp_path: Path) -> None:
+    """tapmig's plugin loads into every pytest of its venv, so its options keep to their
+    namespace: next to another plugin with a bare `--qemu`, pytest starts, and each
+    option reaches its own plugin."""
+    site = tmp_path / "site"
+    (site / "their_qemu-1.0.dist-info").mkdir(parents=True)
+    (site / "their_qemu.py").write_text(THEIR_PLUGIN)
+    (site / "their_qemu-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: their-qemu\nVersion: 1.0\n")
+    (site / "their_qemu-1.0.dist-info" / "entry_points.txt").write_text(
+        "[pytest11]\ntheir_qemu = their_qemu\n")
+    project = tmp_path / "theirs"
+    project.mkdir()
+    (project / "test_both.py").write_text(THEIR_TEST)
+    env = {"PYTHONPATH": str(site)}
+    shown = tapmig_installed.run("pytest", "-p", "no:cacheprovider", "--help", cwd=project,
+                                 env=env)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "--qemu=QEMU" in shown.stdout and "their own QEMU" in shown.stdout
+    assert "--tapmig-qemu=PATH" in shown.stdout and "--tapmig-accel" in shown.stdout
+    done = tapmig_installed.run("pytest", "-p", "no:cacheprovider", "-s", "--qemu=/their/qemu",
+                                "--tapmig-qemu=/our/qemu", cwd=project, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "THEIRS /their/qemu OURS /our/qemu" in done.stdout

@@ -1,13 +1,15 @@
 """tapmig as a pytest plugin (entry point `pytest11: tapmig`), for any project's tests.
 
-Options: `--qemu PATH` (repeatable; default $TAPMIG_QEMU, an os.pathsep-separated
-list, or qemu-system-x86_64), `--accel auto|kvm|tcg` (default $TAPMIG_ACCEL or
-auto), `--tapmig-records DIR`, `--tapmig-require guest,root,series` (default
-$TAPMIG_REQUIRE; see harness.testing.require: a missing prerequisite named there
-fails the run instead of skipping). Every test that asks for `tapmig_qemu` runs once
-per QEMU, or, marked `qemu_independent`, on the first one only. Fixtures:
+Options, each in tapmig's namespace, as the plugin loads into every pytest of the
+environment: `--tapmig-qemu PATH` (repeatable; default $TAPMIG_QEMU, an
+os.pathsep-separated list, or qemu-system-x86_64), `--tapmig-accel auto|kvm|tcg`
+(default $TAPMIG_ACCEL or auto), `--tapmig-records DIR`, `--tapmig-require
+guest,root,series` (default $TAPMIG_REQUIRE; see harness.testing.require: a missing
+prerequisite named there fails the run instead of skipping). Every test that asks
+for `tapmig_qemu` runs once per QEMU, or, marked `qemu_independent`, on the first one
+only. Fixtures:
 
-    tapmig_qemu           the QEMU binary under test (parametrized per --qemu)
+    tapmig_qemu           the QEMU binary under test (parametrized per --tapmig-qemu)
     tapmig_capabilities   what it can do, from QMP introspection (session-wide)
     tapmig_guest          the embedded guest, built once and cached
     tapmig_accel          the accelerator asked for: auto, kvm or tcg
@@ -52,7 +54,8 @@ from harness.testing.leaks import Kept, children, stat_fields
 from harness.testing.require import host_problem, missing
 from harness.vocabulary import ACCEL_CHOICES, AccelChoice, as_accel_choice
 
-__all__ = ["Kept", "RunFactory", "children", "kept", "missing", "qemus", "stat_fields"]
+__all__ = ["ACCEL_DEST", "QEMU_DEST", "Kept", "RunFactory", "accel_default", "children", "kept",
+           "missing", "qemus", "stat_fields"]
 KEPT = pytest.StashKey[Kept]()
 
 
@@ -63,13 +66,18 @@ class RunFactory(Protocol):
                  shm_dir: Path = SHM_DIR) -> RunRecord: ...
 
 
+# Where the options land: a suite may add short spellings of its own with these dests.
+QEMU_DEST, ACCEL_DEST = "tapmig_qemu", "tapmig_accel"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tapmig")
-    group.addoption("--qemu", action="append", default=[],
+    group.addoption("--tapmig-qemu", action="append", default=[], dest=QEMU_DEST,
+                    metavar="PATH",
                     help="QEMU binary under test; repeat to test several "
                          "(default: $TAPMIG_QEMU or qemu-system-x86_64)")
-    group.addoption("--accel", default=os.environ.get("TAPMIG_ACCEL", "auto"),
-                    choices=ACCEL_CHOICES,
+    group.addoption("--tapmig-accel", default=accel_default(), choices=ACCEL_CHOICES,
+                    dest=ACCEL_DEST,
                     help="accelerator for guest-booting tests (default: $TAPMIG_ACCEL or auto)")
     group.addoption("--tapmig-records", type=Path, default=None,
                     help="also write each migration's run record (JSON) into this directory")
@@ -85,9 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "kvm: boots real guests under QEMU (KVM where usable, else TCG)")
     config.addinivalue_line(
         "markers", "qemu_independent: tapmig's behaviour, not QEMU's: runs on the first "
-                   "--qemu only")
-    try:  # argparse checks --accel's value, not a default from $TAPMIG_ACCEL
-        as_accel_choice(str(config.getoption("--accel")))
+                   "--tapmig-qemu only")
+    try:  # argparse checks --tapmig-accel's value, not a default from $TAPMIG_ACCEL
+        as_accel_choice(str(config.getoption(ACCEL_DEST)))
     except UsageError as exc:
         raise pytest.UsageError(f"$TAPMIG_ACCEL: {exc}") from exc
     config.stash[require.REQUIRED] = require.parse(str(config.getoption("--tapmig-require")))
@@ -108,6 +116,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                     returncode=pytest.ExitCode.USAGE_ERROR)
 
 
+def accel_default() -> str:
+    """--tapmig-accel's default: $TAPMIG_ACCEL, else auto."""
+    return os.environ.get("TAPMIG_ACCEL", "auto")
+
+
 def kept(config: pytest.Config) -> Kept:
     """Where a session fixture registers what it keeps across tests on purpose."""
     return config.stash[KEPT]
@@ -115,7 +128,7 @@ def kept(config: pytest.Config) -> Kept:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) -> None:
-    """Refuse `--qemu PATH` where pytest let PATH choose its rootdir or config file.
+    """Refuse `--tapmig-qemu PATH` where pytest let PATH choose its rootdir or config file.
 
     pytest picks those from the paths on the command line before it loads plugins,
     so it reads the PATH of a plugin option written with a space as a test path
@@ -127,15 +140,16 @@ def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) 
     if early_config.inipath is not None and here.is_relative_to(root):
         return
     for word, value in itertools.pairwise(args):
-        if word == "--qemu" and Path(value).exists():
+        if word == "--tapmig-qemu" and Path(value).exists():
             raise pytest.UsageError(
-                f"pytest took {root} for its rootdir from `--qemu {value}` (it reads a "
-                f"plugin's options only after choosing it); write --qemu={value}")
+                f"pytest took {root} for its rootdir from `--tapmig-qemu {value}` (it reads "
+                f"a plugin's options only after choosing it); write --tapmig-qemu={value}")
 
 
 def qemus(config: pytest.Config) -> list[str]:
-    """The QEMU binaries under test: --qemu, else $TAPMIG_QEMU, else the one on PATH."""
-    given: list[str] = config.getoption("--qemu")
+    """The QEMU binaries under test: --tapmig-qemu, else $TAPMIG_QEMU, else the one on
+    PATH."""
+    given: list[str] = config.getoption(QEMU_DEST)
     if given:
         return given
     env = os.environ.get("TAPMIG_QEMU")
@@ -169,7 +183,7 @@ def tapmig_guest(pytestconfig: pytest.Config) -> Guest:
 
 @pytest.fixture(scope="session")
 def tapmig_accel(pytestconfig: pytest.Config) -> AccelChoice:
-    return as_accel_choice(str(pytestconfig.getoption("--accel")))
+    return as_accel_choice(str(pytestconfig.getoption(ACCEL_DEST)))
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ one into a failure that names it, checked once before any test runs:
 
     guest   the embedded guest builds (or is cached)
     root    root with network namespaces, nsenter and a usable /dev/net/tun
-    series  at least one --qemu speaks the local-migration series (v12 or final)
+    series  at least one --tapmig-qemu speaks the local-migration series (v12 or final)
 
 What is really absent on a host (vhost-net, or the series on Debian's QEMU while
-another --qemu has it) stays a skip that names it.
+another --tapmig-qemu has it) stays a skip that names it.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def series_problem(qemus: Iterable[str]) -> str | None:
         if caps.interface != "none":
             return None
         said.append(f"{qemu} ({caps.version}): {caps.verdict()}")
-    return "no --qemu has the local-migration series: " + "; ".join(said)
+    return "no --tapmig-qemu has the local-migration series: " + "; ".join(said)
 
 
 def problems(needs: frozenset[Need], qemus: Iterable[str]) -> list[str]:
