@@ -58,7 +58,8 @@ def signals_deferred() -> Iterator[None]:
     handlers are back and the first signal noted is raised again for them. A handler,
     not a signal mask: a process-directed signal goes to any thread that does not block
     it, and Python then runs the handler in the main thread all the same. Off the main
-    thread nothing is held, as no handler runs there."""
+    thread nothing is held, as no handler runs there. A signal the process ignores
+    (SIGINT, in a background job of a shell without job control) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -70,7 +71,8 @@ def signals_deferred() -> Iterator[None]:
             os._exit(128 + signum)
         noted.append(signum)
 
-    usual = {signum: signal.signal(signum, note) for signum in STOP_SIGNALS}
+    held = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) != signal.SIG_IGN]
+    usual = {signum: signal.signal(signum, note) for signum in held}
     try:
         yield
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -66,17 +67,23 @@ def alive(procs: set[Proc]) -> set[Proc]:
     return left
 
 
+def ignore_sigint() -> None:
+    """preexec_fn: SIGINT ignored, as a shell without job control starts `tapmig run &`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TapmigRun:
     """`tapmig run` as a subprocess: its stderr read line by line, its children tracked."""
 
-    def __init__(self, qemu: str, accel: str, out: Path, own_group: bool = False) -> None:
+    def __init__(self, qemu: str, accel: str, out: Path, own_group: bool = False,
+                 sigint_ignored: bool = False) -> None:
         self.qemu = qemu
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harness.cli.main", "run", "--qemu", qemu, "--accel", accel,
              "--out", str(out), *LIGHT],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, process_group=0 if own_group else None,
-            preexec_fn=interruptible)
+            preexec_fn=ignore_sigint if sigint_ignored else interruptible)
         self.pid = self.proc.pid
         self.lines: list[str] = []
         self.kids: set[Proc] = set()
@@ -150,9 +157,9 @@ def start_run(tapmig_qemu: str, tapmig_accel: AccelChoice, tmp_path: Path
     """Start `tapmig run`s; whatever a failed test leaves running is SIGKILLed and reaped."""
     started: list[TapmigRun] = []
 
-    def start(own_group: bool = False) -> TapmigRun:
+    def start(own_group: bool = False, sigint_ignored: bool = False) -> TapmigRun:
         started.append(TapmigRun(tapmig_qemu, tapmig_accel, tmp_path / f"out{len(started)}",
-                                 own_group))
+                                 own_group, sigint_ignored))
         return started[-1]
 
     yield start
@@ -253,6 +260,27 @@ def test_ctrl_c_to_the_process_group(start_run: Callable[..., TapmigRun]) -> Non
     gone(r)
 
 
+@pytest.mark.kvm
+@pytest.mark.qemu_independent
+@pytest.mark.usefixtures("tapmig_root_with_tun")
+def test_started_with_sigint_ignored_it_ignores_sigint_and_stops_on_sigterm(
+        start_run: Callable[..., TapmigRun]) -> None:
+    """A script's `tapmig run ... &` starts it with SIGINT ignored: not the user's to stop
+    with Ctrl-C. tapmig keeps it ignored (Python does, and so does signals_deferred), so
+    a SIGINT while the guest boots changes nothing and the run goes on to probe; SIGTERM
+    still stops it, cleaned up, with 130."""
+    r = start_run(sigint_ignored=True)
+    booting(r)
+    os.kill(r.pid, signal.SIGINT)
+    probing(r)
+    assert r.proc.poll() is None and INTERRUPTED not in r.lines, "\n".join(r.lines)
+    os.kill(r.pid, signal.SIGTERM)
+    code = r.finish(EXIT_WITHIN_S)
+    assert code == 130, "\n".join(r.lines)
+    assert INTERRUPTED in r.lines, "\n".join(r.lines)
+    gone(r)
+
+
 def in_capability_query(r: TapmigRun) -> None:
     """The QEMU that tapmig asks what it can do (the only one with no machine) runs, in
     its own temporary run dir."""
@@ -313,6 +341,19 @@ def test_interrupt_swallowed_in_an_at_fork_callback_is_delivered_again() -> None
     assert res.stdout == "interrupted\n", res.stderr
 
 
+@pytest.fixture
+def sigint_at(request: pytest.FixtureRequest) -> Iterator[None]:
+    """SIGINT's disposition for one test (the parameter: Python's KeyboardInterrupt, or
+    ignored), whatever this pytest started with: a background job of a shell without job
+    control starts with SIGINT ignored, a terminal's with Python's handler."""
+    before = signal.signal(signal.SIGINT, request.param)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("sigint_at", [signal.default_int_handler], indirect=True,
+                         ids=["interruptible"])
+@pytest.mark.usefixtures("sigint_at")
 def test_a_signal_while_a_resource_is_made_waits_until_its_removal_is_registered(
         tmp_path: Path) -> None:
     """The Lab creates its run dir, namespace and shm file inside signals_deferred. A
@@ -332,3 +373,42 @@ def test_a_signal_while_a_resource_is_made_waits_until_its_removal_is_registered
     assert registered
     assert not ram.exists()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == usual
+
+
+@pytest.mark.parametrize("sigint_at", [signal.SIG_IGN], indirect=True, ids=["ignored"])
+@pytest.mark.usefixtures("sigint_at")
+def test_an_ignored_sigint_stays_ignored_while_a_resource_is_made(tmp_path: Path) -> None:
+    """A process started with SIGINT ignored (`tapmig run ... &` in a script) keeps
+    ignoring it, inside signals_deferred too: the block ends as usual, its resource is
+    made and registered, and SIGINT is still ignored afterwards. SIGTERM is still held."""
+    usual_term = signal.getsignal(signal.SIGTERM)
+    with ExitStack() as stack:
+        with signals_deferred():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not usual_term
+            os.kill(os.getpid(), signal.SIGINT)
+            ram = stack.enter_context(ShmFile(1, tmp_path))
+        assert ram.exists()
+    assert not ram.exists()
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+# Each a simple command of its own: bash gives the commands inside a backgrounded group
+# their original dispositions back.
+BACKGROUND_JOB = """
+"$0" -c 'import signal; print("SIGINT", signal.getsignal(signal.SIGINT).name)' & wait $!
+"$0" -m pytest -p no:cacheprovider -q -m "not kvm" -k "not background_job" "$1" & wait $!
+"""
+
+
+def test_these_tests_pass_started_as_a_background_job() -> None:
+    """A shell without job control starts a background job with SIGINT ignored (POSIX),
+    and so does whatever a script or a runner starts with `cmd &`: this module's tests
+    that boot no guest pass started that way, as they do from a terminal. (The guest
+    tests give the tapmig they interrupt the disposition each needs.)"""
+    done = subprocess.run(["bash", "-c", BACKGROUND_JOB, sys.executable, __file__], cwd=REPO,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.stdout.startswith("SIGINT SIG_IGN\n"), done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^\d+ passed", done.stdout, re.M), done.stdout
