@@ -67,6 +67,10 @@ class RunRecord:
     # When the ICMP requests that never got a reply were sent: how many before STOP,
     # between STOP and RESUME and after, the first and last in ms from STOP.
     lost_when: dict[str, Any] = field(default_factory=dict)
+    # Requests sent between STOP and RESUME that were never answered: ICMP's, and every
+    # flow's together. Local migration promises none (what arrives while the VM is
+    # stopped waits in the TAP); new-TAP drops what reaches the old TAP.
+    lost_in_window: int | None = None
     # Traffic beyond ICMP (harness.run.traffic); blackout_ms stays the ICMP figure.
     vcpus: int = 1  # with vcpus >= queues, every queue pair is live in the guest
     flows: int = 0  # K UDP flows on distinct ports; 0: not run
@@ -75,6 +79,7 @@ class RunRecord:
     flow_spread_ms: float | None = None  # worst - best
     flow_lost: int | None = None  # requests of all flows never answered
     flow_late: int | None = None
+    flow_lost_in_window: int | None = None
     flow_detail: list[dict[str, Any]] = field(default_factory=list)  # one per flow
     queues_live: int | None = None  # queue pairs the guest's driver uses
     # Packets per queue pair as the guest counted them: "before" on the source over

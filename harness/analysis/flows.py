@@ -145,6 +145,11 @@ class FlowsSummary:
             return None
         return round(self.worst_ms - self.best_ms, 3)
 
+    @property
+    def lost_in_window(self) -> int:
+        """Requests of every flow sent between STOP and RESUME and never answered."""
+        return sum(int(f.lost_when.get("stop_to_resume", 0)) for f in self.flows)
+
 
 def typical_share(results: list[FlowResult]) -> float:
     """What a healthy flow answers once all are back: the upper quartile of the shares,

@@ -201,7 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     threshold = parse_threshold(args.threshold)
     verdict = compare(load_report(args.baseline), load_report(args.current), threshold,
                       allow_mismatch=args.allow_mismatch)
-    word = "REGRESSED" if verdict.regressed else "no regression"
+    word = verdict.word
     if args.json:
         print(json.dumps({"verdict": word, **verdict.to_json()}, indent=2))
     else:

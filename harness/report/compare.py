@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from harness.errors import NotComparable, UsageError
 from harness.report.model import (
+    COUNTED,
     JUDGED,
     TRAFFIC_JUDGED,
     UNKNOWN,
     Combination,
+    Count,
     Meta,
     Report,
     Summary,
 )
-from harness.report.phase_compare import PhaseMove, most, moves
+from harness.report.phase_compare import PhaseMove, most, moves, shrank_most
 from harness.report.render import ci_text
+from harness.report.stats import rate_test
 
 # Meta fields that must agree, with the words the message uses for them.
 ALIKE = {"accel": "accelerator", "host_kernel": "host kernel", "cpu_model": "CPU model",
@@ -43,6 +46,7 @@ class Judgement:
     why: str
     min_max_only: bool  # an interval it rests on is just [min, max] of few runs
     phase: str | None = None  # the phase that moved most, where the line names one
+    improved: bool = False  # moved the good way beyond the threshold and the noise
 
 
 @dataclass
@@ -55,6 +59,13 @@ class Verdict:
     differences: list[str] = field(default_factory=list)  # only with allow_mismatch
     unchecked: list[str] = field(default_factory=list)  # context a report does not record
     phases: list[PhaseMove] = field(default_factory=list)  # per phase, baseline vs current
+    improved: bool = False  # some figure improved and none regressed
+
+    @property
+    def word(self) -> str:
+        """REGRESSED (exit 1), IMPROVED or no regression (exit 0)."""
+        return ("REGRESSED" if self.regressed else "IMPROVED" if self.improved
+                else "no regression")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,25 +114,46 @@ def _partner(b: Combination, base: list[Combination],
     return None
 
 
-def _judge(b: Summary, c: Summary, threshold: float) -> tuple[bool, str]:
+Move = Literal["worse", "better", "same"]
+
+
+def _judge(b: Summary, c: Summary, threshold: float) -> tuple[Move, str]:
+    """Worse (or better) by more than the threshold AND with the medians' intervals apart."""
     bm, cm = b.median, c.median
     if bm is None:
-        return False, "no baseline measurement, not compared"
+        return "same", "no baseline measurement, not compared"
     if cm is None:
-        return True, f"REGRESSED: no successful measurement now (baseline median {bm:.1f} ms)"
+        return "worse", f"REGRESSED: no successful measurement now (baseline median {bm:.1f} ms)"
     change = f"median {bm:.1f} -> {cm:.1f} ms" + (f" ({(cm - bm) / bm:+.1%})" if bm else "")
-    over = cm > bm * (1 + threshold)
-    limit = f"threshold +{threshold:.1%}"
+    over, under = cm > bm * (1 + threshold), cm < bm * (1 - threshold)
+    limit = (f"above threshold +{threshold:.1%}" if over else
+             f"below threshold -{threshold:.1%}" if under else f"within threshold +{threshold:.1%}")
     if b.ci is None or c.ci is None:
-        why = f"{'above' if over else 'within'} {limit}; CI undefined (n<3), threshold alone used"
-        return over, f"{'REGRESSED' if over else 'ok'}: {change}, {why}"
-    apart = c.ci[0] > b.ci[1]
+        move: Move = "worse" if over else "better" if under else "same"
+        return move, f"{WORDS[move]}: {change}, {limit}; CI undefined (n<3), threshold alone used"
     cis = f"CI {ci_text(c.ci)} vs baseline {ci_text(b.ci)}"
-    why = (f"above {limit} and {cis} do not overlap" if over and apart else
-           f"above {limit} but {cis} overlap: noise" if over else f"within {limit}")
+    apart = (over and c.ci[0] > b.ci[1]) or (under and c.ci[1] < b.ci[0])
+    why = (f"{limit} and {cis} do not overlap" if apart else
+           f"{limit} but {cis} overlap: noise" if over or under else limit)
     if b.ci_is_range or c.ci_is_range:
         why += f" (n={b.n} vs {c.n}: an interval is just [min, max])"
-    return over and apart, f"{'REGRESSED' if over and apart else 'ok'}: {change}, {why}"
+    move = ("worse" if over else "better") if apart else "same"
+    return move, f"{WORDS[move]}: {change}, {why}"
+
+
+WORDS: dict[Move, str] = {"worse": "REGRESSED", "better": "IMPROVED", "same": "ok"}
+ALPHA = 0.05  # each direction of the exact test of two counts
+
+
+def judge_count(b: Count, c: Count) -> tuple[Move, str]:
+    """Two counts' rates per run, by the exact conditional test (harness.report.stats)."""
+    more, less = rate_test(b.total, b.runs, c.total, c.runs)
+    move: Move = "worse" if more < ALPHA else "better" if less < ALPHA else "same"
+    p = more if move == "worse" else less if move == "better" else min(more, less)
+    return move, (f"{WORDS[move]}: {b.total} in {b.runs} runs -> {c.total} in {c.runs} "
+                  f"({b.rate:g} -> {c.rate:g} per run, 95% CI {ci_text(c.ci, 2)} vs "
+                  f"baseline {ci_text(b.ci, 2)}), exact test p={p:.3g}"
+                  + ("" if move != "same" else f", not below {ALPHA:g}"))
 
 
 def _pairs(base: list[Combination], cur: list[Combination]) -> list[tuple[Combination,
@@ -168,11 +200,20 @@ def compare(baseline: Report, current: Report, threshold: float,
         traffic = {m: w for m, w in TRAFFIC_JUDGED.items() if m in b.metrics and m in c.metrics}
         for metric, what in {**JUDGED, **traffic}.items():
             bs, cs = b.metrics[metric], c.metrics[metric]
-            bad, why = _judge(bs, cs, threshold)
-            phase, words = most(phase_moves, metric, bad)
-            judgements.append(Judgement(label, metric, bad, bs.median, cs.median, why + words,
-                                        bs.ci_is_range or cs.ci_is_range, phase))
+            move, why = _judge(bs, cs, threshold)
+            phase, words = (shrank_most(phase_moves, metric) if move == "better"
+                            else most(phase_moves, metric, move == "worse"))
+            judgements.append(Judgement(label, metric, move == "worse", bs.median, cs.median,
+                                        why + words, bs.ci_is_range or cs.ci_is_range, phase,
+                                        move == "better"))
             lines.append(f"{label}: {what}: {why}{words}")
+        for metric, what in COUNTED.items():
+            if metric in b.counts and metric in c.counts:
+                bc, cc = b.counts[metric], c.counts[metric]
+                move, why = judge_count(bc, cc)
+                judgements.append(Judgement(label, metric, move == "worse", bc.rate, cc.rate,
+                                            why, False, None, move == "better"))
+                lines.append(f"{label}: {what}: {why}")
         lines += phase_lines
         moved += phase_moves
     for b, c in pairs:
@@ -187,5 +228,6 @@ def compare(baseline: Report, current: Report, threshold: float,
     if weak := sum(j.min_max_only for j in judgements):
         lines.append(f"note: {weak} of {len(judgements)} verdicts rest on intervals that are "
                      "just [min, max] of a few runs; more iterations would make them firmer")
-    return Verdict(any(j.regressed for j in judgements), lines, judgements, found, unchecked,
-                   moved)
+    regressed = any(j.regressed for j in judgements)
+    return Verdict(regressed, lines, judgements, found, unchecked, moved,
+                   not regressed and any(j.improved for j in judgements))

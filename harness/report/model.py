@@ -20,6 +20,10 @@ TRAFFIC_METRICS = ("flow_blackout_ms", "flow_spread_ms", "flow_lost", "tcp_stall
                    "tcp_retrans")
 # Judged by compare when both reports have them: older reports do not.
 TRAFFIC_JUDGED = {"flow_blackout_ms": "worst-flow blackout", "tcp_stall_ms": "TCP stall"}
+# Counts of rare events, judged as counts (a rate per run with an exact interval, and an
+# exact test between two reports), never as a median of small integers.
+COUNTED = {"lost_in_window": "ICMP lost STOP->RESUME",
+           "flow_lost_in_window": "flows lost STOP->RESUME"}
 UNKNOWN = "unknown"
 
 
@@ -40,6 +44,17 @@ class Summary:
         """The interval is just [min, max]: too few runs for the bootstrap to narrow it,
         so a verdict on it says little."""
         return self.ci is not None and self.ci == [self.min, self.max]
+
+
+@dataclass
+class Count:
+    """A count over a combination's ok runs that have it: the total, its rate per run and
+    the rate's exact 95% interval (harness.report.stats.rate_ci)."""
+
+    total: int
+    runs: int
+    rate: float
+    ci: list[float]
 
 
 @dataclass
@@ -77,6 +92,7 @@ class Combination:
     # Runs the host was too noisy to judge: counted apart, never ok nor failed; an older
     # report has none.
     inconclusive: Outcomes = field(default_factory=Outcomes)
+    counts: dict[str, Count] = field(default_factory=dict)  # COUNTED; empty in older reports
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Combination:
@@ -85,7 +101,8 @@ class Combination:
                       "unsupported": Outcomes(**data["unsupported"]),
                       "inconclusive": Outcomes(**data.get("inconclusive", {})),
                       "metrics": {m: Summary(**s) for m, s in data["metrics"].items()},
-                      "phases": {p: Summary(**s) for p, s in data.get("phases", {}).items()}})
+                      "phases": {p: Summary(**s) for p, s in data.get("phases", {}).items()},
+                      "counts": {m: Count(**c) for m, c in data.get("counts", {}).items()}})
 
 
 @dataclass

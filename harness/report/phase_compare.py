@@ -70,6 +70,21 @@ def moves(label_: str, b: Combination, c: Combination) -> tuple[list[PhaseMove],
     return found, lines
 
 
+def shrank_most(found: list[PhaseMove], metric: str) -> tuple[str | None, str]:
+    """(phase, words) for an improvement: the phase that shrank most, beyond its
+    intervals first."""
+    shrank = sorted((m for m in found if m.phase in CANDIDATES.get(metric, ())
+                     and m.delta_ms is not None and m.delta_ms < 0),
+                    key=lambda m: (m.moved, -(m.delta_ms or 0.0)), reverse=True)
+    if not shrank:
+        return None, "; no phase shrank" if found and metric in CANDIDATES else ""
+    top = shrank[0]
+    return top.phase, (f"; the phase that moved most: {top.phase} "
+                       f"{num(top.delta_ms or 0.0, True)} ms ({num(top.baseline_ms or 0.0)} -> "
+                       f"{num(top.current_ms or 0.0)} ms"
+                       + ("" if top.moved else ", within its intervals") + ")")
+
+
 def most(found: list[PhaseMove], metric: str, regressed: bool) -> tuple[str | None, str]:
     """(phase, the words its verdict line ends with). A regression names the phase that
     grew most (beyond its intervals first); a verdict of ok or noise names a phase only

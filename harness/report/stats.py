@@ -65,3 +65,52 @@ def summarize(values: list[float], missing: int) -> Summary:
     return Summary(n=len(values), missing=missing, min=min(values),
                    median=float(statistics.median(values)), p95=percentile(values, 0.95),
                    max=max(values), ci=median_ci(values))
+
+
+def _poisson_cdf(k: int, lam: float) -> float:
+    """P(X <= k) for X ~ Poisson(lam)."""
+    if lam <= 0:
+        return 1.0
+    return min(1.0, sum(math.exp(i * math.log(lam) - lam - math.lgamma(i + 1))
+                        for i in range(k + 1)))
+
+
+def _solve(f: Callable[[float], float], target: float, hi: float) -> float:
+    """The lam in [0, hi] where the decreasing f crosses target, by bisection."""
+    lo = 0.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) > target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def rate_ci(total: int, runs: int) -> list[float]:
+    """Exact (Garwood) 95% interval of a Poisson count's rate per run: counts of rare
+    events, such as requests lost in a 20 ms window, are not normal, and a median of
+    small integers (mostly 0 and 1) hides a rate that doubled."""
+    hi = 10.0 * (total + 10)
+    lower = 0.0 if total == 0 else _solve(lambda lam: _poisson_cdf(total - 1, lam), 0.975, hi)
+    upper = _solve(lambda lam: _poisson_cdf(total, lam), 0.025, hi)
+    return [round(lower / runs, 4), round(upper / runs, 4)]
+
+
+def _binom_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                                 + i * math.log(p) + (n - i) * math.log1p(-p))
+                        for i in range(k, n + 1)))
+
+
+def rate_test(base: int, base_runs: int, cur: int, cur_runs: int) -> tuple[float, float]:
+    """One-sided exact p-values that the current rate per run is higher, and lower, than
+    the baseline's: given both counts' sum, the current count is binomial with the
+    current share of the runs when the rates are equal (the conditional test for two
+    Poisson rates)."""
+    n, share = base + cur, cur_runs / (base_runs + cur_runs)
+    return _binom_tail(cur, n, share), _binom_tail(n - cur, n, 1 - share)

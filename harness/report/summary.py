@@ -21,12 +21,14 @@ from harness.record import RunRecord
 from harness.report import phase_summary
 from harness.report.chain_summary import chain_summaries
 from harness.report.model import (
+    COUNTED,
     JUDGED,
     METRICS,
     SCHEMA,
     TRAFFIC_METRICS,
     UNKNOWN,
     Combination,
+    Count,
     Meta,
     Outcomes,
     Point,
@@ -34,7 +36,7 @@ from harness.report.model import (
     Report,
 )
 from harness.report.render import render_html, render_markdown
-from harness.report.stats import median_ci, percentile, ratio_ci, summarize
+from harness.report.stats import median_ci, percentile, rate_ci, ratio_ci, summarize
 
 # Report is re-exported: report.json's dataclass is what callers of build_report get.
 __all__ = ["Report", "build_report", "combination_stats", "cpu_model", "load_report",
@@ -87,8 +89,20 @@ def combination_stats(records: list[RunRecord]) -> list[Combination]:
             inconclusive=_outcomes(recs, "inconclusive"),
             metrics={m: summarize(v := _values(recs, m), ok - len(v))
                      for m in METRICS + _traffic_metrics(recs)},
-            timelines=_timelines(recs)))
+            timelines=_timelines(recs), counts=_counts(recs)))
         phase_summary.attach(out[-1], recs)
+    return out
+
+
+def _counts(recs: list[RunRecord]) -> dict[str, Count]:
+    """Each counted figure over the ok runs that have it, as a rate per run."""
+    out = {}
+    for metric in COUNTED:
+        values = [int(v) for r in recs if r.status == "ok"
+                  and (v := getattr(r, metric)) is not None]
+        if values:
+            out[metric] = Count(sum(values), len(values), round(sum(values) / len(values), 4),
+                                rate_ci(sum(values), len(values)))
     return out
 
 
