@@ -460,9 +460,53 @@ def test_github_job_shape(github_job: dict[str, Any]) -> None:
         assert name in github_job["env"], name
 
 
-def test_github_runs_take_no_expressions(github_job: dict[str, Any]) -> None:
+def test_github_runs_take_no_expressions(github: dict[Any, Any]) -> None:
     """Values reach the scripts through env, never `${{ }}` pasted into shell code."""
-    assert [s for s in github_scripts(github_job) if "${{" in s] == []
+    assert [s for job in github_jobs(github).values() for s in github_scripts(job)
+            if "${{" in s] == []
+
+
+def _measure_args(script: str) -> dict[str, str]:
+    """The options of the script's `tapmig measure`, each with its value."""
+    [words] = [w for w in commands(script) if Path(w[0]).name == "tapmig" and w[1] == "measure"]
+    return dict(itertools.pairwise(words[2:]))
+
+
+def test_both_run_the_sharded_campaign_alike(gitlab: dict[Any, Any],
+                                             github: dict[Any, Any]) -> None:
+    """The same matrix of shards in each CI, each shard running what its peer runs, then
+    one job that merges what the shards left, after a failed shard too."""
+    lab, hub = gitlab_jobs(gitlab), github_jobs(github)
+    [lab_matrix] = lab["tapmig-shard"]["parallel"]["matrix"]
+    shards = lab_matrix["TAPMIG_SHARD"]
+    assert shards == [f"{i}/{len(shards)}" for i in range(1, len(shards) + 1)]
+    assert hub["tapmig-shard"]["strategy"]["matrix"]["shard"] == shards
+    assert hub["tapmig-shard"]["env"]["TAPMIG_SHARD"] == "${{ matrix.shard }}"
+    lab_script = gitlab_script(lab["tapmig-shard"])
+    hub_scripts = github_scripts(hub["tapmig-shard"])
+    assert _project_commands(lab_script) == set().union(*map(_project_commands, hub_scripts))
+    [hub_measure] = [s for s in hub_scripts if "tapmig measure" in s]
+    for script in (lab_script, hub_measure):
+        args = _measure_args(script)
+        assert (args["--chain"], args["--iterations"], args["--shard"]) == (
+            "$TAPMIG_CHAIN", "$TAPMIG_CHAINS", "$TAPMIG_SHARD")
+        assert args["--out"] == "out/shards/shard-${TAPMIG_SHARD%/*}-of-${TAPMIG_SHARD#*/}"
+    merges = [gitlab_script(lab["tapmig-shards-report"]),
+              *github_scripts(hub["tapmig-shards-report"])]
+    assert sum("tapmig report out/shards/shard-* --out out/shards-report" in s
+               for s in merges) == 2
+    assert lab["tapmig-shards-report"]["needs"] == [{"job": "tapmig-shard", "artifacts": True}]
+    assert [r.get("when") for r in lab["tapmig-shards-report"]["rules"]] == ["always"]
+    assert hub["tapmig-shards-report"]["needs"] == "tapmig-shard"
+    assert "!cancelled()" in hub["tapmig-shards-report"]["if"]
+    assert hub["tapmig-shard"]["strategy"]["fail-fast"] is False
+    uploads = [s["with"] for s in hub["tapmig-shard"]["steps"]
+               if s.get("uses", "").startswith("actions/upload-artifact@")]
+    [download] = [s["with"] for s in hub["tapmig-shards-report"]["steps"]
+                  if s.get("uses", "").startswith("actions/download-artifact@")]
+    assert [u["path"] for u in uploads] == [download["path"] + "/"]
+    assert uploads[0]["name"].startswith(download["pattern"].removesuffix("*"))
+    assert download["merge-multiple"] is True
 
 
 def test_github_cache_key_is_the_build_key(github_job: dict[str, Any], tmp_path: Path) -> None:
@@ -684,5 +728,6 @@ def test_github_publishes_the_junit_results(github: dict[Any, Any]) -> None:
                    for words in commands(script) for w in words if w.startswith("--junitxml=")}
         published = {s["with"]["report_paths"] for s in job["steps"]
                      if s.get("uses", "").startswith("mikepenz/action-junit-report@")}
-        assert written and written == published, name
+        assert written == published, name
+        assert bool(written) == (name in ("lint-unit", "tapmig")), name
     assert github["permissions"]["checks"] == "write"
