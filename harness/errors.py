@@ -10,8 +10,11 @@
      +-- QEMUError              1  side, argv, command_line, exit_status, stderr_tail,
      |    |                        console_tail: a QEMU process failed
      |    +-- QMPCommandError   1  command, error_class, desc, and QEMUError's: QEMU refused
-     +-- MigrationError         1  side, status, error_desc: a migration ended badly
+     +-- MigrationError         1  side, status, error_desc, cause, check: a migration
+     |                             ended badly; cause is that side's own stderr since it began
      +-- CheckFailed            1  check: the migration completed, a network check failed
+     |    +-- HandoverFailed    1  queue, found, tap, and CheckFailed's: a queue's TUN
+     |                             file is not what the mode promises
      +-- ProbeFailed            1  probe, status, last_line, early, timeout_s: a prober failed
      +-- BuildFailed            1  step, status, error_line, log, log_tail: configure or
      |                             ninja failed building QEMU
@@ -129,11 +132,14 @@ class MigrationError(TapmigError):
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, message: str, side: str, status: str, error_desc: str = "") -> None:
+    def __init__(self, message: str, side: str, status: str, error_desc: str = "",
+                 cause: str = "") -> None:
         super().__init__(message)
         self.side = side
         self.status = status
         self.error_desc = error_desc
+        self.cause = cause
+        self.check = "migration"
 
 
 class CheckFailed(TapmigError):
@@ -144,6 +150,19 @@ class CheckFailed(TapmigError):
     def __init__(self, message: str, check: str) -> None:
         super().__init__(message)
         self.check = check
+
+
+class HandoverFailed(CheckFailed):
+    """A queue of the netdev was not handed over as the mode promises: found is
+    "reopened", "swapped", "missing", "shared" or "extra" (harness.analysis.handover)."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, queue: int, found: str, tap: str) -> None:
+        super().__init__(message, check="handover")
+        self.queue = queue
+        self.found = found
+        self.tap = tap
 
 
 class ProbeFailed(TapmigError):

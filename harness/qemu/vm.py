@@ -54,6 +54,12 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+# "-msg timestamp=on" puts an ISO time before the program's name, as in
+# "2026-12-07T07:41:02.123456Z qemu-system-x86_64: error while loading state ...".
+STDERR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\dT[\d:.]+Z )?(?:\S*qemu-system-\S+?: )?"
+                         r"(?P<text>.*\S)?\s*$")
+
+
 class VM:
     """A QEMU process under QMP control; a context manager that always reaps it."""
 
@@ -272,6 +278,12 @@ class VM:
             return self.stderr_log.read_text(errors="replace")
         except OSError:
             return ""
+
+    def stderr_lines(self, since: int = 0) -> list[str]:
+        """QEMU's own words from character `since` of its stderr on, one per line, without
+        the timestamp and program name that prefix each."""
+        return [m["text"] for line in self.stderr()[since:].splitlines()
+                if (m := STDERR_LINE.match(line)) and m["text"]]
 
     def console_text(self) -> str:
         return self._console.text()

@@ -22,15 +22,48 @@ def format_record(rec: RunRecord) -> str:
         ("ping blackout", f"{ms(rec.blackout_ms)} (resolution {ms(rec.resolution_ms)}, "
                           f"{rec.prober} prober every {ms(rec.interval_ms)})"),
         ("lost packets", f"{num(rec.lost)} (late replies: {num(rec.late_replies)})"),
+        *loss_rows(rec),
         ("QMP downtime", ms(rec.downtime_ms)),
         ("STOP -> RESUME", f"{ms(rec.stop_resume_ms)} (outage began "
                            f"{ms(rec.pre_stop_ms)} before STOP)"),
         *traffic_rows(rec),
+        *handover_rows(rec),
         ("run time", num(rec.duration_s, " s")),
     ]
     width = max(len(k) for k, _ in rows)
     table = [f"{k:<{width}}  {v}" for k, v in rows]
     return "\n".join([*table, *breakdown_lines(rec)])
+
+
+PROMISE = {"local": "local migration promises none: what arrives while the VM is stopped "
+                    "waits in the TAP",
+           "new-tap": "new-TAP drops what reaches the old TAP while the VM is stopped"}
+
+
+def loss_rows(rec: RunRecord) -> list[tuple[str, str]]:
+    """Requests sent between STOP and RESUME and never answered, beside the mode's promise."""
+    if rec.lost_in_window is None:
+        return []
+    flows = ("" if rec.flow_lost_in_window is None
+             else f", flows {rec.flow_lost_in_window}")
+    return [("lost STOP -> RESUME", f"ICMP {rec.lost_in_window}{flows} ({PROMISE[rec.mode]})")]
+
+
+def handover_rows(rec: RunRecord) -> list[tuple[str, str]]:
+    """Per queue, the target's TUN file against the source's (harness.analysis.handover)."""
+    h = rec.checks.get("handover")
+    if not isinstance(h, dict):
+        return []
+    qs = h.get("queues", [])
+    found: dict[str, int] = {}
+    for q in qs:
+        found[q["found"]] = found.get(q["found"], 0) + 1
+    words = ", ".join(f"{n} {kind}" for kind, n in found.items())
+    fds = " ".join(f"{q['source_fd']}->{q['target_fd']}" for q in qs)
+    what = ("the same open file as the source's (kcmp)" if rec.mode == "local"
+            else f"new files on {h.get('target_tap')}")
+    return [("TAP handover", f"{len(qs)} queues: {words}; expected {what}; "
+             f"fds source->target {fds} (proof {num(h.get('took_ms'), ' ms')})")]
 
 
 def traffic_rows(rec: RunRecord) -> list[tuple[str, str]]:

@@ -72,7 +72,8 @@ def _icmp(hop: Hop) -> dict[str, Any]:
         out.update(blackout_ms=a.blackout_ms, lost=a.lost, blackout_start=a.blackout_start,
                    blackout_end=a.blackout_end, resolution_ms=a.resolution_ms,
                    late_replies=a.late_replies, interval_ms=a.interval_ms,
-                   lost_when=hop.icmp.lost_when)
+                   lost_when=hop.icmp.lost_when,
+                   lost_in_window=hop.icmp.lost_when["stop_to_resume"])
         if a.blackout_start is not None and r is not None:
             out["pre_stop_ms"] = round(max(0.0, 1000 * (r.stop - a.blackout_start)), 3)
     return out
@@ -88,6 +89,7 @@ def _traffic(hop: Hop) -> dict[str, Any]:
         if (f := t.flows) is not None:
             out.update(flow_blackout_ms=f.worst_ms, flow_blackout_min_ms=f.best_ms,
                        flow_spread_ms=f.spread_ms, flow_lost=f.lost, flow_late=f.late,
+                       flow_lost_in_window=f.lost_in_window,
                        flow_detail=[r.to_json() for r in f.flows])
         if (c := t.tcp) is not None:
             out.update(tcp_stall_ms=c.stall_ms, tcp_retrans=c.retrans, tcp_rto=c.rto,
@@ -103,6 +105,9 @@ def _checks(hop: Hop) -> dict[str, Any]:
     checks: dict[str, Any] = {}
     if hop.same_tap is not None:
         checks.update(hop.same_tap)
+    if hop.handover is not None and hop.resumed is not None:
+        checks["handover"] = {**hop.handover.to_json(),
+                              "took_ms": hop.resumed.held.took_ms}
     if hop.target is not None and hop.target.fresh_flows:
         checks["fresh_flows"] = hop.target.fresh_flows
     if hop.last_good_qemu is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,8 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from harness.host.netns import Namespace
-
-TUN_DEVICE = "/dev/net/tun"
+from harness.host.tunfiles import fd_targets, tun_files
 
 
 @dataclass(frozen=True)
@@ -44,31 +42,6 @@ class Footprint:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def fd_targets(pid: int | str) -> dict[int, str]:
-    """fd number -> what it points at; an fd closed between listdir and readlink is skipped."""
-    base = Path(f"/proc/{pid}/fd")
-    out = {}
-    for name in os.listdir(base):
-        try:
-            out[int(name)] = os.readlink(base / name)
-        except OSError:
-            continue
-    return out
-
-
-def tun_iff(pid: int | str, fd: int) -> str | None:
-    """The TAP a TUN fd is attached to (None if detached, or the fd is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key == "iff":
-            return value.strip()
-    return None
 
 
 def rss_kib(pid: int | str = "self", key: str = "VmRSS") -> int:
@@ -138,10 +111,8 @@ def interfaces(ns: Namespace) -> list[str]:
 
 def process_fds(pid: int | str) -> tuple[int, dict[str, int]]:
     """Total open fds of a process, and its TUN fds counted by the TAP they are on."""
-    targets = fd_targets(pid)
-    iffs = Counter(tun_iff(pid, fd) or "(detached)" for fd, target in targets.items()
-                   if target == TUN_DEVICE)
-    return len(targets), dict(sorted(iffs.items()))
+    iffs = Counter(f.tap or "(detached)" for f in tun_files(pid))
+    return len(fd_targets(pid)), dict(sorted(iffs.items()))
 
 
 def sample(pid: int, ns: Namespace) -> Footprint:

@@ -20,15 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.analysis import flows, noise, ping
+from harness.analysis import flows, handover, noise, ping
 from harness.analysis.downtime import Breakdown, HopMarks, breakdown, load_trace
 from harness.analysis.noise import FIX_NOISE, FIX_SAMPLES, Calibration, calibrate
 from harness.errors import CheckFailed, Inconclusive, InternalError, MigrationError, QEMUError
+from harness.host import tunfiles
 from harness.qemu.vm import VM
 from harness.run import traffic
 from harness.run.config import GUEST_CIDR, HOST_CIDR, TAP0, TAP_MAC
 from harness.run.lab import Lab
-from harness.run.results import Hop, HopLogs, Icmp, Migration, Resumed, Switch
+from harness.run.results import HeldFiles, Hop, HopLogs, Icmp, Migration, Resumed, Switch
+from harness.vocabulary import Mode
 
 ENDED = ("completed", "failed", "cancelled")
 
@@ -73,6 +75,7 @@ def migrate(lab: Lab) -> Migration:
     src, dst = pair(lab)
     lab.notify("migrating")
     lab.log(f"migrating ({lab.cfg.mode})...")
+    since = len(src.stderr()), len(dst.stderr())  # QEMU's words about this migration follow
     sent = time.time()
     src.cmd("migrate", uri=migration_uri(lab))
     status, src_at = migration_event(lab, src)
@@ -81,9 +84,9 @@ def migrate(lab: Lab) -> Migration:
             lab.notify("switchover")
             src.cmd("migrate-continue", state="pre-switchover")
         status, src_at = migration_event(lab, src)
-    _completed(src, dst, "source", status)
+    _completed(src, dst, "source", status, since)
     dst_status, dst_at = migration_end_event(lab, dst)
-    _completed(src, dst, "target", dst_status)
+    _completed(src, dst, "target", dst_status, since)
     states = _runstate_past(src, "finish-migrate"), dst.cmd("query-status")["status"]
     if states != ("postmigrate", "paused"):
         raise MigrationError(f"after migration the source is {states[0]} and the target "
@@ -108,18 +111,39 @@ def switch_host_side(lab: Lab) -> Switch | None:
     return Switch(start, time.time())
 
 
-def resume(lab: Lab) -> Resumed:
-    """`cont` on the target, the source quits; the target becomes the next source."""
+def resume(lab: Lab, taps: tuple[str, str]) -> Resumed:
+    """`cont` on the target; the TUN files both QEMUs hold are read while both exist;
+    the source quits, and the target becomes the next source."""
     src, dst = pair(lab)
     lab.notify("resuming")
     sent = time.time()
     dst.cmd("cont")
     resumed = event_time(dst.wait_event("RESUME", timeout=10))
     stopped = event_time(src.wait_event("STOP", timeout=10))
+    held = held_files(src, dst, taps)
     src.shutdown()
     lab.source, lab.target = dst, None
     lab.hop += 1
-    return Resumed(stopped, resumed, sent)
+    return Resumed(stopped, resumed, sent, held)
+
+
+def held_files(src: VM, dst: VM, taps: tuple[str, str]) -> HeldFiles:
+    """Each QEMU's TUN files, and every pair of them that is one open file description.
+    Read after RESUME, so the guest's outage does not pay for it."""
+    t0 = time.perf_counter()
+    if src.pid is None or dst.pid is None:
+        raise InternalError("a QEMU of the hop has no process while both must exist")
+    source, target = tunfiles.tun_files(src.pid), tunfiles.tun_files(dst.pid)
+    same = frozenset((s.fd, d.fd) for s in source for d in target
+                     if tunfiles.same_file(src.pid, s.fd, dst.pid, d.fd))
+    return HeldFiles(taps[0], taps[1], tuple(source), tuple(target), same,
+                     round(1000 * (time.perf_counter() - t0), 3))
+
+
+def handover_of(held: HeldFiles, mode: Mode, queues: int) -> handover.Handover:
+    """The per-queue evidence, from what both QEMUs held."""
+    return handover.match(mode, queues, held.source, held.target, held.source_tap,
+                          held.target_tap, lambda s, d: (s, d) in held.same)
 
 
 def measured_hop(lab: Lab, hop: Hop) -> None:
@@ -128,6 +152,7 @@ def measured_hop(lab: Lab, hop: Hop) -> None:
     a flow that did not recover or a broken TCP connection fails the hop."""
     cfg, src = lab.cfg, serving(lab)
     traces = lab.trace_log(src.name), lab.trace_log(target_name(lab))
+    taps = lab.host_tap, lab.target_tap()
     if not lab.guest_servers:  # once per guest: its echo servers outlive a migration
         lab.queue_baseline = traffic.start_servers(lab, src)
         lab.guest_servers = True
@@ -142,7 +167,7 @@ def measured_hop(lab: Lab, hop: Hop) -> None:
         probes.read_source(src)
         hop.migration = migrate(lab)
         hop.switch = switch_host_side(lab)
-        hop.resumed = resumed = resume(lab)
+        hop.resumed = resumed = resume(lab, taps)
         lab.notify("resumed")
         recovered = probes.wait_recovered(resumed.resume)
         time.sleep(cfg.tail_s)
@@ -152,6 +177,8 @@ def measured_hop(lab: Lab, hop: Hop) -> None:
     hop.calibration = calibrate_window(lab, icmp, logs, hop.migration.sent)
     hop.traffic = traffic.analyze(lab, logs, resumed, hop.calibration.epsilon_ms)
     hop.breakdown, hop.flow_breakdown = where_it_went(lab, hop, traces)
+    hop.handover = handover_of(resumed.held, cfg.mode, cfg.queues)
+    handover.check(hop.handover, cfg.queues)
     traffic.judge(hop.traffic, cfg)
 
 
@@ -296,11 +323,19 @@ def check_window(icmp: ping.Analysis, resumed: Resumed, floor_ms: float,
             f"[{resumed.stop - before:.6f}, {resumed.resume + after:.6f}]", check="window")
 
 
-def _completed(src: VM, dst: VM, side: str, end: str) -> None:
-    if end != "completed":
-        desc = _migration_error(src, dst)
-        raise MigrationError(f"migration {end} on the {side}: {desc}", side=side, status=end,
-                             error_desc=desc)
+def _completed(src: VM, dst: VM, side: str, end: str, since: tuple[int, int]) -> None:
+    """A MigrationError naming the side, then that side's own stderr since `migrate`,
+    every line of QEMU's chain of causes, not just the last."""
+    if end == "completed":
+        return
+    desc = _migration_error(src, dst)
+    vm, offset = (src, since[0]) if side == "source" else (dst, since[1])
+    cause = vm.stderr_lines(offset)
+    if side == "source" and not cause:  # the source only saw its peer go: the peer's words
+        cause = [f"(target) {line}" for line in dst.stderr_lines(since[1])]
+    said = f"; the {side} QEMU said: {' <- '.join(cause)}" if cause else ""
+    raise MigrationError(f"migration {end} on the {side}: {desc}{said}", side=side, status=end,
+                         error_desc=desc, cause="\n".join(cause))
 
 
 def _runstate_past(vm: VM, transient: str, timeout: float = 5.0) -> str:
@@ -320,7 +355,6 @@ def _migration_error(src: VM, dst: VM) -> str:
         desc = str(info.get("error-desc", "QEMU gave no error-desc"))
     except QEMUError as exc:
         desc = str(exc).splitlines()[0]
-    err = dst.stderr().strip().splitlines()
     if dst.proc is not None and dst.proc.poll() is not None:  # e.g. the target was killed
         desc += f"; the target QEMU exited with status {dst.proc.returncode}"
-    return desc + (f" (target said: {err[-1]})" if err else "")
+    return desc

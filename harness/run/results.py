@@ -13,9 +13,11 @@ from typing import Any
 from harness.analysis import ping
 from harness.analysis.downtime import Breakdown
 from harness.analysis.flows import FlowsSummary
+from harness.analysis.handover import Handover
 from harness.analysis.noise import Calibration
 from harness.analysis.queues import QueueCounts
 from harness.analysis.tcp_stream import TcpResult
+from harness.host.tunfiles import TunFile
 from harness.run.footprint import Footprint
 
 
@@ -38,12 +40,27 @@ class Switch:
 
 
 @dataclass(frozen=True)
+class HeldFiles:
+    """The TUN files both QEMUs held once the target resumed, before the source quit,
+    and which (source fd, target fd) pairs the kernel called one open file (kcmp)."""
+
+    source_tap: str  # the TAP that served the source
+    target_tap: str  # the TAP the target was given: the same one in local mode
+    source: tuple[TunFile, ...]
+    target: tuple[TunFile, ...]
+    same: frozenset[tuple[int, int]]
+    took_ms: float  # what reading /proc and asking kcmp cost, outside the blackout
+
+
+@dataclass(frozen=True)
 class Resumed:
-    """STOP (source) and RESUME (target) as QEMU timestamped them; when `cont` was sent."""
+    """STOP (source) and RESUME (target) as QEMU timestamped them; when `cont` was sent;
+    the TUN files both held before the source quit."""
 
     stop: float
     resume: float
     cont_sent: float
+    held: HeldFiles
 
     @property
     def window(self) -> tuple[float, float]:
@@ -101,6 +118,7 @@ class Hop:
     icmp: Icmp | None = None
     traffic: Traffic | None = None
     same_tap: dict[str, list[int]] | None = None  # local mode: tap0 kept, its counters rose
+    handover: Handover | None = None  # per queue: the target's TUN file against the source's
     target: Target | None = None
     epsilon_ms: float | None = None
     calibration: Calibration | None = None  # epsilon from the host's noise, or the floor
