@@ -263,7 +263,8 @@ except ImportError:
 else:
     sys.exit("the blocker let requests through")
 """
-STDLIB_ONLY = ("harness.qemu.build", "harness.qemu.source", "harness.probes.base",
+STDLIB_ONLY = ("harness.qemu.build", "harness.qemu.source", "harness.qemu.tree",
+               "harness.qemu.variants", "harness.probes.base",
                "harness.probes.icmp", "harness.probes.flow", "harness.probes.tcp")
 PROBERS = frozenset({"harness", "harness.probes", "harness.probes.base",
                      "harness.probes.icmp", "harness.probes.flow", "harness.probes.tcp"})

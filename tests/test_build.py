@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,14 +13,29 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import EXIT_FAILED, EXIT_USAGE, BuildFailed, BuildInputError, TapmigError
-from harness.qemu.build import CONFIGURE_FLAGS, build_qemu, cache_key, cached_binary
+from harness.errors import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    BuildFailed,
+    BuildInputError,
+    TapmigError,
+    UsageError,
+)
+from harness.qemu.build import (
+    CONFIGURE_FLAGS,
+    build_qemu,
+    build_variants,
+    cache_key,
+    cached_binary,
+    cached_variant,
+)
 from harness.qemu.source import (
     expand_patches,
     inspect_source,
     prepare_source,
     split_mbox,
 )
+from harness.qemu.variants import list_variants, plan_variants, touched_files, variant_key
 from tests.support import REPO
 
 SHARED = REPO.parent / "shared" / "qemu"
@@ -389,3 +405,180 @@ def test_cli_failed_build_exits_1_with_one_error_line(tree: Path, fake: Path) ->
     assert lines[-1].startswith("build-qemu: error: configure failed (ERROR: Dependency glib")
     assert sum(line.startswith("build-qemu: error:") for line in lines) == 1
     assert "Traceback" not in proc.stderr
+
+
+# --- variants: one more patch each, built in the base's kept tree ---------------------
+
+VARIANT_CONFIGURE = r"""#!/bin/sh
+# Stands in for QEMU's configure: the 'emulator' prints hw/net.c as it was when built,
+# and fails to build when hw/net.c says BROKEN.
+src=$(cd "$(dirname "$0")" && pwd)
+cat > build.ninja <<NINJA
+rule emu
+  command = ! grep -q BROKEN \$in && (echo '#!/bin/cat'; cat \$in) > \$out && chmod +x \$out
+build qemu-system-x86_64: emu $src/hw/net.c
+NINJA
+"""
+# On the base alone, as GOOD is: it changes the line GOOD leaves alone.
+OTHER = b"""--- a/hw/net.c
++++ b/hw/net.c
+@@ -1,3 +1,3 @@
+ int a;
+ int b;
+-int c;
++int c3;
+"""
+
+
+def _said(binary: Path) -> str:
+    """What the fake emulator prints: hw/net.c as it was built."""
+    return subprocess.run([binary], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def vtree(tree: Path, fake: Path) -> Path:
+    """The fake tree with a configure whose emulator shows the source it was built from."""
+    (tree / "configure").write_text(VARIANT_CONFIGURE)
+    return tree
+
+
+def test_variants_are_named_after_their_patches_and_listed_from_folders(
+    tmp_path: Path
+) -> None:
+    folder = tmp_path / "qemu-variants"
+    folder.mkdir()
+    for name in ("b-two.diff", "a.one.patch"):
+        _write(folder / name, GOOD)
+    (folder / "README.md").write_text("not a patch")
+    listed = list_variants([folder, folder / "a.one.patch"])
+    assert [(v.name, v.patch.name) for v in listed] == [("a.one", "a.one.patch"),
+                                                        ("b-two", "b-two.diff")]
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = _write(other / "b-two.patch", GOOD)
+    assert _bad_input(lambda: list_variants([folder, twin])) == str(twin)
+    for bad in ("base.patch", "two words.patch", "-dash.patch"):
+        path = _write(tmp_path / bad, GOOD)
+        assert _bad_input(lambda p=path: list_variants([p])) == str(path)  # type: ignore[misc]
+
+
+def test_variant_key_follows_the_base_and_the_patch(tmp_path: Path) -> None:
+    key = variant_key("base1", "sha1")
+    assert key == variant_key("base1", "sha1") and len(key) == 24
+    assert len({key, variant_key("base2", "sha1"), variant_key("base1", "sha2")}) == 3
+    [v] = list_variants([_write(tmp_path / "v.patch", GOOD)])
+    [planned] = plan_variants("base1", [v], tmp_path, "emu")
+    assert planned.key == variant_key("base1", planned.sha256)
+    assert (planned.binary, planned.done) == (tmp_path / planned.key / "bin" / "emu", False)
+    planned.binary.parent.mkdir(parents=True)
+    planned.binary.write_text("")
+    assert not plan_variants("base1", [v], tmp_path, "emu")[0].done  # no DONE yet
+    (tmp_path / planned.key / "DONE").write_text("{}")
+    assert plan_variants("base1", [v], tmp_path, "emu")[0].done
+
+
+def test_touched_files_come_from_the_diff_headers_only() -> None:
+    mbox = _message(1, "net: first", GOOD) + b"""diff --git a/net/new.c b/net/new.c
+--- /dev/null
++++ b/net/new.c
+@@ -0,0 +1 @@
++int n;
+--- a/net/gone.c
++++ /dev/null
+@@ -1 +0,0 @@
+---i;
+--- a/hw/net.c
++++ b/hw/net.c
+@@ -1 +1 @@
+-int a;
++int a2;
+"""
+    assert touched_files(mbox) == ["hw/net.c", "net/new.c", "net/gone.c"]
+
+
+def _variants(tree: Path, fake: Path, *patches: Path) -> tuple[dict[str, Path], list[str]]:
+    lines: list[str] = []
+    built = build_variants(tree, [], list(patches), cache=fake, jobs=1, log=lines.append)
+    return built, lines
+
+
+def _kept_tree(fake: Path) -> Path:
+    [kept] = (fake / "qemu").glob("*.tree")
+    return kept
+
+
+@needs("patch", "ninja")
+def test_each_variant_is_built_on_the_base_alone_in_one_kept_tree(
+    vtree: Path, fake: Path, tmp_path: Path
+) -> None:
+    good, other = _write(tmp_path / "good.patch", GOOD), _write(tmp_path / "other.patch", OTHER)
+    built, lines = _variants(vtree, fake, good, other)
+    assert list(built) == ["base", "good", "other"]
+    assert "int b;\nint c;" in _said(built["base"])
+    assert "int b2;\nint c;" in _said(built["good"])
+    assert "int b;\nint c3;" in _said(built["other"])
+    assert sum("configure: done" in line for line in lines) == 1  # one tree for all three
+    assert json.loads((_kept_tree(fake) / "TREE").read_text())["state"] == "clean"
+    done = json.loads((built["good"].parent.parent / "DONE").read_text())
+    assert done["variant"] == "good" and done["base"] == built["base"].parent.parent.name
+    again, lines = _variants(vtree, fake, good, other)
+    assert again == built and lines == [f"cached: {b}" for b in built.values()]
+    assert cached_variant(vtree, [], other, cache=fake) == built["other"]
+    assert cached_variant(vtree, [good], other, cache=fake) is None  # another base
+    # Editing a variant rebuilds it alone, in the kept tree: no configure.
+    _write(other, OTHER.replace(b"c3", b"c4"))
+    rebuilt, lines = _variants(vtree, fake, other)
+    assert rebuilt["other"] != built["other"] and "int c4;" in _said(rebuilt["other"])
+    assert not any("configure:" in line for line in lines)
+
+
+@needs("patch", "ninja")
+def test_a_tree_left_patched_or_edited_is_made_again(
+    vtree: Path, fake: Path, tmp_path: Path
+) -> None:
+    good, other = _write(tmp_path / "good.patch", GOOD), _write(tmp_path / "other.patch", OTHER)
+    _variants(vtree, fake, good)
+    kept = _kept_tree(fake)
+    state = json.loads((kept / "TREE").read_text())
+    (kept / "TREE").write_text(json.dumps({**state, "state": "variant"}))  # a killed build
+    built, lines = _variants(vtree, fake, other)
+    assert any("not clean" in line for line in lines)
+    assert "int b;\nint c3;" in _said(built["other"])
+    (kept / state["src"] / "hw" / "net.c").write_text("int a;\nint b;\nint c;\nedited\n")
+    third = _write(tmp_path / "third.patch", GOOD.replace(b"b2", b"b5"))
+    built, lines = _variants(vtree, fake, third)
+    assert any("hw/net.c is not the base's" in line for line in lines)
+    assert _said(built["third"]).endswith("int b5;\nint c;\n")
+
+
+@needs("patch", "ninja")
+def test_a_variant_that_does_not_apply_or_build_leaves_the_tree_clean(
+    vtree: Path, fake: Path, tmp_path: Path
+) -> None:
+    good, bad = _write(tmp_path / "good.patch", GOOD), _write(tmp_path / "bad.patch", BAD)
+    _variants(vtree, fake, good)
+    with pytest.raises(UsageError, match=r"bad.patch does not apply: hw/net.c \(hunk FAILED"):
+        _variants(vtree, fake, bad)
+    broken = _write(tmp_path / "broken.patch", GOOD.replace(b"int b2;", b"BROKEN"))
+    with pytest.raises(BuildFailed) as err:
+        _variants(vtree, fake, broken)
+    assert err.value.step == "ninja" and Path(err.value.log).name.endswith(".failed.log")
+    assert json.loads((_kept_tree(fake) / "TREE").read_text())["state"] == "clean"
+    assert cached_variant(vtree, [], bad, cache=fake) is None
+    assert cached_variant(vtree, [], broken, cache=fake) is None
+    other = _write(tmp_path / "other.patch", OTHER)
+    built, lines = _variants(vtree, fake, other)  # the same tree, no configure
+    assert not any("configure:" in line for line in lines)
+    assert "int b;\nint c3;" in _said(built["other"])
+
+
+@needs("patch", "ninja")
+def test_cli_prints_one_name_and_path_per_binary(vtree: Path, fake: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "variants"
+    folder.mkdir()
+    _write(folder / "good.patch", GOOD)
+    proc = _cli("--source", str(vtree), "--cache", str(fake), "--variant", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split(" ") for line in proc.stdout.splitlines()]
+    assert [name for name, _ in lines] == ["base", "good"]
+    assert "int b2;" in _said(Path(lines[1][1]))

@@ -1,14 +1,17 @@
-"""Build the QEMU under test from a source plus a patch series, with a cache.
+"""Build the QEMU under test from a source plus a patch series, and its variants, with a
+cache.
 
 Stdlib only, so ``ci/build-qemu`` can run it before the project venv exists.
 The source and patches are checked and prepared by harness.qemu.source.
 
-The result is keyed by the source content, each patch's sha256 in order, the
+The base is keyed by the source content, each patch's sha256 in order, the
 configure flags and BUILD_RECIPE_VERSION; a finished build is
 ``<cache>/qemu/<key>/bin/qemu-system-x86_64`` next to ``DONE`` (its inputs as
-JSON) and ``build.log``. It is built in ``<key>.tmp-<pid>`` under a flock on
-``<key>.lock`` and published under its key only when complete; a failed build
-leaves only ``<key>.failed.log``. The binary has no firmware (Debian's
+JSON) and ``build.log``. It is built in the base's kept tree (harness.qemu.tree)
+under a flock on ``<key>.lock`` and published under its key, by a rename, only when
+complete; a failed build leaves only ``<key>.failed.log``. A variant (one more patch,
+harness.qemu.variants) is built in that same tree under the same lock, incrementally,
+and published the same way under its own key. The binary has no firmware (Debian's
 ``+ds`` tarball carries none): run it with ``-L /usr/share/seabios
 -L /usr/share/qemu``, which the harness does.
 """
@@ -16,41 +19,25 @@ leaves only ``<key>.failed.log``. The binary has no firmware (Debian's
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import NoReturn
 
 from harness import atomic
 from harness.cache import default_cache
-from harness.errors import EXIT_INTERRUPTED, BuildFailed, HostError, InternalError, TapmigError
-from harness.qemu.source import (
-    Log,
-    Source,
-    expand_patches,
-    inspect_source,
-    log_stderr,
-    prepare_source,
-    run,
-    sha256_file,
-)
+from harness.errors import EXIT_INTERRUPTED, TapmigError, UsageError
+from harness.qemu.source import Log, Source, expand_patches, inspect_source, log_stderr, sha256_file
+from harness.qemu.tree import PYTHON_DEPS, TARGET, Tree, elapsed, locked, meson_python, ninja
+from harness.qemu.variants import BASE, Planned, list_variants, plan_variants, touched_files
 
 BUILD_RECIPE_VERSION = 1
-TARGET = "qemu-system-x86_64"
-PYTHON_DEPS = ("meson==1.9.0", "pycotap==1.3.1")  # as in QEMU's pythondeps.toml
-MESON_VENV = "pyvenv-meson-1.9.0"
-LOG_TAIL_LINES = 20  # of the build log, in a BuildFailed
 # x86_64 only and minimal, but with TCG, KVM, tap and vhost-net (shared/qemu/README.md).
 CONFIGURE_FLAGS = tuple("""--target-list=x86_64-softmmu --without-default-features --enable-tcg
     --enable-kvm --enable-vhost-net --enable-vhost-kernel --enable-pixman --enable-fdt=system
@@ -74,95 +61,6 @@ def cache_key(
     return hashlib.sha256(blob).hexdigest()[:24], inputs
 
 
-@contextmanager
-def _locked(path: Path, log: Log) -> Iterator[None]:
-    """Hold an exclusive flock on path, saying so if another process has it."""
-    with path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another build holding {path}")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
-def _meson_python(cache: Path, log: Log) -> Path:
-    """A venv with the meson QEMU wants: the +ds tarball does not bundle it."""
-    venv = cache / MESON_VENV
-    python, marker = venv / "bin" / "python3", venv / ".tapmig-complete"
-    if marker.is_file():
-        return python
-    with _locked(cache / f"{MESON_VENV}.lock", log):
-        if marker.is_file():
-            return python
-        shutil.rmtree(venv, ignore_errors=True)
-        log(f"meson: creating {venv} with {' '.join(PYTHON_DEPS)}")
-        steps = ([sys.executable, "-m", "venv", str(venv)],
-                 [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                  *PYTHON_DEPS])
-        for cmd in steps:
-            proc = run(cmd)
-            if proc.returncode:
-                last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
-                raise HostError(f"cannot set up {venv} ({last}); need python3-venv and PyPI")
-        atomic.write_text(marker, "ok\n")
-    return python
-
-
-def _elapsed(start: float) -> str:
-    secs = int(time.monotonic() - start)
-    return f"{secs // 60}m{secs % 60:02d}s"
-
-
-def _ninja(build: Path, jobs: int, logf: BinaryIO, log: Log, failed_log: Path) -> None:
-    """Build only the emulator, printing ninja's [done/total] every 10 s or 10%."""
-    start = last = time.monotonic()
-    last_pct = 0
-    env = {**os.environ, "NINJA_STATUS": "[%f/%t] "}
-    cmd = ["ninja", "-j", str(jobs), TARGET]
-    try:
-        proc = subprocess.Popen(cmd, cwd=build, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=env)
-    except FileNotFoundError:
-        raise HostError("ninja not found; install ninja-build (ci/build-qemu does)") from None
-    failed = ""
-    tail: deque[bytes] = deque(maxlen=LOG_TAIL_LINES)
-    with proc:
-        if proc.stdout is None:
-            raise InternalError("ninja's stdout is a pipe (Popen with stdout=PIPE)")
-        for line in proc.stdout:
-            logf.write(line)
-            tail.append(line)
-            if line.startswith(b"FAILED: ") and not failed:
-                failed = line[8:].decode(errors="replace").strip()[:120]
-            if m := re.match(rb"\[(\d+)/(\d+)\]", line):
-                done, total = int(m.group(1)), int(m.group(2))
-                pct = done * 100 // total
-                if time.monotonic() - last >= 10 or pct // 10 > last_pct // 10 or done == total:
-                    log(f"build: [{done}/{total}] {pct}% after {_elapsed(start)}")
-                    last, last_pct = time.monotonic(), pct
-    if proc.returncode:
-        raise BuildFailed(f"ninja failed ({failed or 'exit ' + str(proc.returncode)}); "
-                          f"see {failed_log}", "ninja", proc.returncode, failed,
-                          str(failed_log), b"".join(tail).decode(errors="replace"))
-    log(f"build: done after {_elapsed(start)}")
-
-
-def _configure_error(logpath: Path, failed_log: Path, status: int) -> BuildFailed:
-    lines = logpath.read_text(errors="replace").splitlines()
-    tail = "".join(f"{ln}\n" for ln in lines[-LOG_TAIL_LINES:])
-    errors = [ln.strip() for ln in lines if "ERROR" in ln]
-    if pc_bios := [ln for ln in errors if re.search(r"pc-bios/meson\.build:\d+:\d+: ERROR", ln)]:
-        return BuildFailed("meson setup failed in pc-bios/meson.build: a Debian +ds tarball "
-                           "needs --patch shared/qemu/build-fixes/debian-pc-bios-meson.patch "
-                           f"before the series; see {failed_log}", "configure", status,
-                           pc_bios[0][:160], str(failed_log), tail)
-    why = errors[-1][:160] if errors else ""
-    return BuildFailed(f"configure failed ({why or 'no ERROR line'}); install the build "
-                       f"dependencies (ci/build-qemu does) or fix the flags; see {failed_log}",
-                       "configure", status, why, str(failed_log), tail)
-
-
 @dataclass(frozen=True)
 class _Plan:
     """Checked inputs and where their build lives in the cache."""
@@ -182,8 +80,15 @@ class _Plan:
     def failed_log(self) -> Path:
         return self.root / f"{self.key}.failed.log"
 
+    @property
+    def tree(self) -> Tree:
+        return Tree(self.root / f"{self.key}.tree")
+
     def done(self) -> bool:
         return (self.root / self.key / "DONE").is_file() and self.binary.is_file()
+
+    def variants(self, variants: Sequence[Path]) -> list[Planned]:
+        return plan_variants(self.key, list_variants(variants), self.root, TARGET)
 
 
 def _plan(source: Path, patches: Sequence[Path], extra_configure: Sequence[str],
@@ -201,50 +106,139 @@ def cached_binary(source: Path, patches: Sequence[Path], *, cache: Path | None =
     return plan.binary if plan.done() else None
 
 
-def _configure_and_make(plan: _Plan, python: Path, work: Path, logf: BinaryIO, jobs: int,
-                        log: Log) -> Path:
-    """Patch a private copy of the source, configure and build it in work; the build dir."""
-    start, failed_log = time.monotonic(), plan.failed_log
-    tree = prepare_source(plan.source, plan.patches, work, logf, log)
-    build = work / "build"
-    build.mkdir()
-    log(f"configure: {' '.join(plan.flags)}")
-    status = run([str(tree / "configure"), f"--python={python}", *plan.flags], logf,
-                 cwd=build).returncode
-    if status:
-        logf.flush()
-        raise _configure_error(work / "build.log", failed_log, status)
-    log(f"configure: done after {_elapsed(start)}; build: ninja {TARGET}")
-    _ninja(build, jobs, logf, log, failed_log)
-    return build
+def cached_variant(source: Path, patches: Sequence[Path], variant: Path, *,
+                   cache: Path | None = None, extra_configure: Sequence[str] = ()
+                   ) -> Path | None:
+    """The finished binary of the base (source + patches) plus the variant patch if the
+    cache has it, else None; never builds."""
+    [planned] = _plan(source, patches, extra_configure, cache).variants([variant])
+    return planned.binary if planned.done else None
 
 
-def _build(plan: _Plan, python: Path, jobs: int, log: Log) -> None:
-    """Build in a private work dir; publish the result under its key only when whole, or
-    keep just the log as <key>.failed.log."""
-    work, failed_log = plan.root / f"{plan.key}.tmp-{os.getpid()}", plan.failed_log
-    work.mkdir()
-    logpath, started, start = work / "build.log", time.time(), time.monotonic()
+def _publish(root: Path, key: str, binary: Path, log: Path, done: dict[str, object]) -> None:
+    """Copy binary and log into <root>/<key> with DONE, visible only once whole."""
+    with atomic.staged(root / key) as out:
+        (out / "bin").mkdir(parents=True)
+        shutil.copy2(binary, out / "bin" / TARGET)
+        shutil.copy2(log, out / "build.log")
+        (out / "DONE").write_text(json.dumps(done, indent=2) + "\n")
+
+
+def _keep_log(log: Path, failed_log: Path) -> None:
+    if log.exists():
+        with atomic.staged(failed_log) as tmp:
+            shutil.copy2(log, tmp)
+
+
+def _ready_tree(plan: _Plan, files: Sequence[str], jobs: int, log: Log) -> Tree:
+    """The base's kept tree, clean and with files as the base has them: made afresh
+    (configure and a cold build) when it is missing or not to be trusted."""
+    tree = plan.tree
+    if not tree.path.exists():
+        why = "none yet"
+    elif not tree.clean():
+        why = "not clean (a build was killed or a patch did not reverse)"
+    else:
+        why = f"{bad} is not the base's" if (bad := tree.differs(files)) else ""
+    if not why:
+        return tree
+    log(f"kept tree {tree.path}: {why}; making it, the first build takes several minutes")
+    tree.remove()
     try:
-        with logpath.open("ab") as logf:
-            build = _configure_and_make(plan, python, work, logf, jobs, log)
-        with atomic.staged(plan.root / plan.key) as out:
-            (out / "bin").mkdir(parents=True)
-            shutil.move(build / TARGET, out / "bin" / TARGET)
-            shutil.copy2(logpath, out / "build.log")
-            done = {"key": plan.key, "inputs": plan.inputs, "source": str(plan.source.path),
-                    "commit": plan.source.commit, "patches": [str(p) for p in plan.patches],
+        tree.make(plan.source, plan.patches, plan.flags, meson_python(plan.root.parent, log),
+                  jobs, log, plan.failed_log)
+    except BaseException:
+        _keep_log(tree.log, plan.failed_log)
+        tree.remove()
+        raise
+    plan.failed_log.unlink(missing_ok=True)
+    return tree
+
+
+def _build_base(plan: _Plan, jobs: int, log: Log) -> None:
+    """Build the base in its kept tree (ninja undoes what a variant left in the build
+    dir) and publish it; or keep just the log as <key>.failed.log."""
+    for stale in [plan.root / plan.key, *plan.root.glob(f".{plan.key}.*.tmp")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    started, start = time.time(), time.monotonic()
+    log(f"building {TARGET} (key {plan.key})")
+    tree = _ready_tree(plan, [], jobs, log)
+    try:
+        with tree.log.open("ab") as logf:
+            ninja(tree.build, jobs, logf, log, plan.failed_log)
+    except BaseException:
+        _keep_log(tree.log, plan.failed_log)
+        raise
+    done = {"key": plan.key, "inputs": plan.inputs, "source": str(plan.source.path),
+            "commit": plan.source.commit, "patches": [str(p) for p in plan.patches],
+            "binary": f"bin/{TARGET}", "started": started,
+            "seconds": round(time.monotonic() - start, 1)}
+    _publish(plan.root, plan.key, tree.build / TARGET, tree.log, done)
+    plan.failed_log.unlink(missing_ok=True)
+    log(f"built in {elapsed(start)}: {plan.binary}")
+
+
+def _build_variant(plan: _Plan, planned: Planned, jobs: int, log: Log) -> None:
+    """Apply the variant's patch in the kept tree, rebuild, publish, reverse the patch."""
+    root, key, name = plan.root, planned.key, planned.variant.name
+    for stale in [root / key, *root.glob(f".{key}.*.tmp")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    failed_log = root / f"{key}.failed.log"
+    data = planned.variant.patch.read_bytes()
+    if hashlib.sha256(data).hexdigest() != planned.sha256:
+        raise UsageError(f"variant {planned.variant.patch} changed while it was being "
+                         "built; run again")
+    tree = _ready_tree(plan, touched_files(data), jobs, log)
+    started, start = time.time(), time.monotonic()  # the variant's own time, not the tree's
+    log(f"variant {name}: building (key {key}) in {tree.path}")
+    vlog = tree.path / f"{key}.log"
+    try:
+        with vlog.open("wb") as logf, tree.patched(planned.variant, data, logf, log):
+            ninja(tree.build, jobs, logf, log, failed_log)
+            done = {"key": key, "base": plan.key, "variant": name,
+                    "patch": str(planned.variant.patch.resolve()),
+                    "patch_sha256": planned.sha256,
                     "binary": f"bin/{TARGET}", "started": started,
                     "seconds": round(time.monotonic() - start, 1)}
-            (out / "DONE").write_text(json.dumps(done, indent=2) + "\n")
+            _publish(root, key, tree.build / TARGET, vlog, done)
     except BaseException:
-        if logpath.exists():
-            with atomic.staged(failed_log) as tmp:
-                shutil.copy2(logpath, tmp)
+        _keep_log(vlog, failed_log)
         raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        vlog.unlink(missing_ok=True)
     failed_log.unlink(missing_ok=True)
+    log(f"variant {name}: built in {time.monotonic() - start:.1f} s: {planned.binary}")
+
+
+def build_variants(source: Path, patches: Sequence[Path], variants: Sequence[Path], *,
+                   cache: Path | None = None, extra_configure: Sequence[str] = (),
+                   jobs: int | None = None, log: Log = log_stderr) -> dict[str, Path]:
+    """The base's binary (as "base") and each variant's (by name, in order), building
+    only what the cache lacks. variants are patch files or folders of them, each
+    applied on the base alone; the base's kept tree makes each an incremental build.
+
+    log gets progress lines (stderr by default); cache defaults to default_cache().
+    """
+    plan = _plan(source, patches, extra_configure, cache)
+    planned = plan.variants(variants)
+    binaries = {BASE: plan.binary, **{p.variant.name: p.binary for p in planned}}
+    if plan.done() and all(p.done for p in planned):
+        for binary in binaries.values():
+            log(f"cached: {binary}")
+        return binaries
+    plan.root.mkdir(parents=True, exist_ok=True)
+    n = jobs or os.cpu_count() or 1
+    with locked(plan.root / f"{plan.key}.lock", log):
+        if plan.done():
+            log(f"cached: {plan.binary}")
+        else:
+            _build_base(plan, n, log)
+        for p in plan.variants(variants):  # again: another process may have built some
+            if p.done:
+                log(f"cached: {p.binary}")
+            else:
+                _build_variant(plan, p, n, log)
+    return binaries
 
 
 def build_qemu(source: Path, patches: Sequence[Path], *, cache: Path | None = None,
@@ -254,24 +248,8 @@ def build_qemu(source: Path, patches: Sequence[Path], *, cache: Path | None = No
 
     log gets progress lines (stderr by default); cache defaults to default_cache().
     """
-    plan = _plan(source, patches, extra_configure, cache)
-    root, key, binary = plan.root, plan.key, plan.binary
-    if plan.done():
-        log(f"cached: {binary}")
-        return binary
-    root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f"{key}.lock", log):
-        if plan.done():
-            log(f"cached: {binary}")
-            return binary
-        # What a killed build left: its work dir, or a result not yet published.
-        for stale in [root / key, *root.glob(f"{key}.tmp-*"), *root.glob(f".{key}.*.tmp")]:
-            shutil.rmtree(stale, ignore_errors=True)
-        start = time.monotonic()
-        log(f"building {TARGET} (key {key}); the first build takes several minutes")
-        _build(plan, _meson_python(root.parent, log), jobs or os.cpu_count() or 1, log)
-    log(f"built in {_elapsed(start)}: {binary}")
-    return binary
+    return build_variants(source, patches, [], cache=cache, extra_configure=extra_configure,
+                          jobs=jobs, log=log)[BASE]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -282,13 +260,18 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> _Parser:
     p = _Parser(prog="python3 -m harness.qemu.build",
                 description="Build (or find in the cache) qemu-system-x86_64 from a QEMU "
-                "source and patches. Progress goes to stderr; the binary's path to stdout. "
-                "Exit codes: 0 built or cached, 1 the build failed, 2 bad input or a "
-                "missing tool, 130 interrupted (the partial build removed).")
+                "source and patches, and its variants. Progress goes to stderr; to stdout "
+                "the binary's path, or with --variant one 'NAME PATH' line per binary, the "
+                "base's first as 'base'. Exit codes: 0 built or cached, 1 the build "
+                "failed, 2 bad input or a missing tool, 130 interrupted (the partial "
+                "build removed).")
     p.add_argument("--source", type=Path, required=True,
                    help="QEMU tarball, source dir (copied) or git tree (committed HEAD)")
     p.add_argument("--patch", type=Path, action="append", default=[],
                    help="patch or mbox file, or dir of *.patch/*.mbox/*.diff; repeat, in order")
+    p.add_argument("--variant", type=Path, action="append", default=[],
+                   help="a variant: one more patch applied on the base alone, or a dir of "
+                   "them (*.patch/*.mbox/*.diff, sorted), each its own variant; repeat")
     p.add_argument("--cache", type=Path, help=f"cache dir (default now: {default_cache()})")
     p.add_argument("--configure-arg", action="append", default=[], metavar="ARG",
                    help="extra configure flag; write --configure-arg=--enable-foo")
@@ -297,15 +280,16 @@ def _parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: the binary's path as the last stdout line; the exit code from the error class,
-    as `tapmig` does (harness.errors), with one line "build-qemu: error: ..."."""
+    """CLI: the binary's path as the last stdout line, or with variants a 'NAME PATH' line
+    each; the exit code from the error class, as `tapmig` does (harness.errors), with one
+    line "build-qemu: error: ..."."""
     p = _parser()
     args = p.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         p.error("-j must be at least 1")
     try:
-        binary = build_qemu(args.source, args.patch, cache=args.cache,
-                            extra_configure=args.configure_arg, jobs=args.jobs)
+        binaries = build_variants(args.source, args.patch, args.variant, cache=args.cache,
+                                  extra_configure=args.configure_arg, jobs=args.jobs)
     except KeyboardInterrupt:
         print("build-qemu: interrupted; the partial build was removed", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -315,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if detail:
             print("  " + detail.replace("\n", "\n  "), file=sys.stderr)
         return e.exit_code
-    print(binary)
+    if args.variant:
+        print("".join(f"{name} {binary}\n" for name, binary in binaries.items()), end="")
+    else:
+        print(binaries[BASE])
     return 0
 
 

@@ -168,12 +168,13 @@ def _failures(output: str) -> list[str]:
     return out
 
 
-def apply_patch(tree: Path, data: bytes, name: str, logf: BinaryIO) -> None:
-    """Apply one diff with patch -p1; on failure say which patch and which files."""
+def apply_patch(tree: Path, data: bytes, name: str, logf: BinaryIO, *flags: str) -> None:
+    """Apply one diff with patch -p1 and flags (--dry-run, --reverse); on failure say
+    which patch and which files."""
     cmd = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
-           "--reject-file=-", "-d", str(tree)]
+           "--reject-file=-", "-d", str(tree), *flags]
     proc = run(cmd, data=data, env={**os.environ, "LC_ALL": "C"})
-    logf.write(f"== patch {name}\n".encode() + proc.stdout + proc.stderr)
+    logf.write(f"== patch {' '.join([*flags, name])}\n".encode() + proc.stdout + proc.stderr)
     if proc.returncode:
         text = (proc.stdout + proc.stderr).decode(errors="replace")
         why = ", ".join(_failures(text)) or (text.strip().splitlines() or ["no output"])[-1]
