@@ -97,6 +97,13 @@ def check_run(rec: RunRecord, mode: Mode, queues: int, vhost: bool, out: Path,
         assert before == after
         rx, tx = rec.checks["tap0_rx_packets"], rec.checks["tap0_tx_packets"]
         assert rx[1] > rx[0] and tx[1] > tx[0]
+    # Every queue of the netdev: local hands the source's own open file over, new-TAP
+    # opens a new one on the other TAP (the kernel's kcmp said which).
+    handover = rec.checks["handover"]
+    expected = ("handed", True) if mode == "local" else ("new", False)
+    assert [(q["found"], q["same_file"]) for q in handover["queues"]] == [expected] * queues
+    assert {q["tap"] for q in handover["queues"]} == {handover["target_tap"]}
+    assert (handover["source_tap"] == handover["target_tap"]) == (mode == "local")
 
 
 @on(Key("new-tap", queues=1), Key("new-tap", queues=4), Key("local", queues=1),
