@@ -74,6 +74,7 @@ class RunRecord:
     # Traffic beyond ICMP (harness.run.traffic); blackout_ms stays the ICMP figure.
     vcpus: int = 1  # with vcpus >= queues, every queue pair is live in the guest
     flows: int = 0  # K UDP flows on distinct ports; 0: not run
+    all_queues: bool = False  # the guest enabled every queue pair after the hop
     flow_blackout_ms: float | None = None  # the worst flow's blackout
     flow_blackout_min_ms: float | None = None  # the best flow's
     flow_spread_ms: float | None = None  # worst - best

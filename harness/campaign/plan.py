@@ -48,6 +48,7 @@ class Plan:
     vcpus: int = 1  # traffic (harness.run.traffic): vCPUs, UDP flows, the TCP pattern
     flows: int = 8
     tcp: TcpPattern = "sparse"
+    all_queues: bool = True
 
     def iteration_numbers(self) -> Iterator[int]:
         its = itertools.count(1) if self.iterations is None else range(1, self.iterations + 1)
@@ -79,7 +80,8 @@ class Plan:
         return {"builds": list(self.builds), "modes": list(self.modes), "queues": self.queues,
                 "iterations": self.iterations, "hops": self.hops, "duration_s": self.duration_s,
                 "accel": self.accel, "epsilon_ms": self.epsilon_ms, "shards": self.shard.count,
-                "vcpus": self.vcpus, "flows": self.flows, "tcp": self.tcp}
+                "vcpus": self.vcpus, "flows": self.flows, "tcp": self.tcp,
+                "all_queues": self.all_queues}
 
 
 def parse_modes(values: Sequence[str]) -> tuple[Mode, ...]:
@@ -158,4 +160,5 @@ def config(plan: Plan, mode: Mode, label: str, name: str) -> Config:
     """One run's Config: the plan's settings for this build and mode, its logs under runs/."""
     return Config(qemu=plan.builds[label], mode=mode, accel=plan.accel, queues=plan.queues,
                   out=plan.out / "runs" / name, cache=plan.cache, guest=plan.guest,
-                  epsilon_ms=plan.epsilon_ms, vcpus=plan.vcpus, flows=plan.flows, tcp=plan.tcp)
+                  epsilon_ms=plan.epsilon_ms, vcpus=plan.vcpus, flows=plan.flows, tcp=plan.tcp,
+                  all_queues=plan.all_queues)

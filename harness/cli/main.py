@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifest, spec = _guest_spec(args.guest)
     cfg = Config(qemu=args.qemu, mode=args.mode, accel=args.accel, vhost=args.vhost,
                  queues=args.queues, vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
-                 flows=args.flows, tcp=args.tcp, ram_mib=args.ram, out=args.out, cache=args.cache,
+                 flows=args.flows, tcp=args.tcp, all_queues=args.all_queues, ram_mib=args.ram,
+                 out=args.out, cache=args.cache,
                  epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout,
                  prober=args.prober)
     caps = preflight(cfg)  # bad input and an unusable host: one line, exit 2, before any table
@@ -139,7 +140,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                          iterations=shape.iterations, out=args.out, accel=args.accel,
                          queues=args.queues, cache=args.cache,
                          vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
-                         flows=args.flows, tcp=args.tcp,
+                         flows=args.flows, tcp=args.tcp, all_queues=args.all_queues,
                          guest=resolve(spec, manifest, args.cache, _log), shard=shape.shard,
                          hops=shape.hops, duration_s=shape.duration_s,
                          epsilon_ms=args.epsilon_ms)

@@ -89,6 +89,9 @@ def _traffic(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tcp", choices=TCP_PATTERNS, default="sparse",
                    help="a TCP connection across the migration: a message every 1 ms "
                         "(continuous) or 50 ms (sparse, default), or off")
+    p.add_argument("--all-queues", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the hop the guest enables every queue pair of its device, and "
+                        "(with flows) each must carry traffic on the target (default on)")
 
 
 def _add_run(sub: Subparsers, common: argparse.ArgumentParser) -> None:

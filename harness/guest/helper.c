@@ -162,7 +162,10 @@ static void print_xps(const char *iface, int n)
 	print_list("xps", mask, n);
 }
 
-static int queues(const char *iface)
+/* With want > 0, that many queue pairs are enabled first (ethtool -L combined N;
+ * -1: every one the device offers), as a guest that gains vCPUs after a migration
+ * would do: the host's QEMU must then serve queues it may have had no use for. */
+static int queues(const char *iface, int want)
 {
 	int fd = socket(AF_INET, SOCK_DGRAM, 0);
 	struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
@@ -171,7 +174,23 @@ static int queues(const char *iface)
 	long long rx[MAX_QUEUES] = { 0 }, tx[MAX_QUEUES] = { 0 };
 	int nrx = 0, ntx = 0;
 
-	if (fd < 0 || ethtool(fd, iface, &ch) < 0 || ethtool(fd, iface, &sset) < 0) {
+	if (fd < 0 || ethtool(fd, iface, &ch) < 0) {
+		printf("TAPMIG-QUEUES-FAILED %s: %s\n", iface, strerror(errno));
+		return 1;
+	}
+	if (want < 0)
+		want = (int)ch.max_combined;
+	if (want > 0 && (uint32_t)want != ch.combined_count) {
+		ch.cmd = ETHTOOL_SCHANNELS;
+		ch.combined_count = (uint32_t)want;
+		if (ethtool(fd, iface, &ch) < 0) {
+			printf("TAPMIG-QUEUES-FAILED %s: set %d channels: %s\n", iface, want,
+			       strerror(errno));
+			return 1;
+		}
+		ch.cmd = ETHTOOL_GCHANNELS;
+	}
+	if (ethtool(fd, iface, &ch) < 0 || ethtool(fd, iface, &sset) < 0) {
 		printf("TAPMIG-QUEUES-FAILED %s: %s\n", iface, strerror(errno));
 		return 1;
 	}
@@ -214,13 +233,15 @@ int main(int argc, char **argv)
 	if (argc == 4 && strcmp(argv[1], "echo") == 0)
 		return echo(atoi(argv[2]), atoi(argv[3]));
 	if (argc == 3 && strcmp(argv[1], "queues") == 0)
-		return queues(argv[2]);
+		return queues(argv[2], 0);
+	if (argc == 4 && strcmp(argv[1], "queues") == 0)
+		return queues(argv[2], strcmp(argv[3], "all") == 0 ? -1 : atoi(argv[3]));
 	if (argc >= 3 && strcmp(argv[1], "fifo") == 0) {
 		realtime();
 		execvp(argv[2], argv + 2);
 		fprintf(stderr, "tapmig-guest: %s: %s\n", argv[2], strerror(errno));
 		return 127;
 	}
-	fprintf(stderr, "usage: tapmig-guest echo PORT COUNT | queues IFACE | fifo PROG ARG...\n");
+	fprintf(stderr, "usage: tapmig-guest echo PORT COUNT | queues IFACE [N|all] | fifo PROG ARG...\n");
 	return 2;
 }

@@ -74,6 +74,9 @@ def traffic_rows(rec: RunRecord) -> list[tuple[str, str]]:
         cpus = f"{rec.vcpus} vCPU{'s' if rec.vcpus != 1 else ''}"
         rows.append(("queues live", f"{rec.queues_live} of {rec.queues} ({cpus}); "
                                     f"all carried traffic on the target: {carried}"))
+    if (every := rec.queue_packets.get("all")) is not None:
+        rows.append(("all queues enabled", f"{every['live']} of {every['max']} after the hop; "
+                     f"packets per queue pair rx {every['rx']}, tx {every['tx']}"))
     if rec.flows:
         rows.append((f"{rec.flows} UDP flows",
                      f"worst blackout {ms(rec.flow_blackout_ms)}, best "

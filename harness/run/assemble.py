@@ -51,7 +51,8 @@ def _context(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {
         "mode": cfg.mode, "qemu": cfg.qemu, "qemu_version": "", "accel": "tcg", "guest": "",
         "vhost": cfg.vhost, "queues": cfg.queues, "prober": cfg.prober, "vcpus": cfg.vcpus,
-        "flows": cfg.flows, "tcp": cfg.tcp, "host_kernel": platform.release(),
+        "flows": cfg.flows, "tcp": cfg.tcp, "all_queues": cfg.all_queues,
+        "host_kernel": platform.release(),
         "boot_s": ctx.boot_s, "chain": ctx.chain, "shard": ctx.shard,
         "iteration": ctx.iteration, "cpu_model": ctx.cpu_model}
     if s is not None:
@@ -97,6 +98,8 @@ def _traffic(hop: Hop) -> dict[str, Any]:
     if hop.target is not None and (carried := hop.target.queues_after) is not None:
         queue_packets["after"] = carried.to_json()
         out["queues_all_carried"] = not carried.silent()
+    if hop.target is not None and (every := hop.target.all_queues) is not None:
+        queue_packets["all"] = every.to_json()
     out["queue_packets"] = queue_packets
     return out
 

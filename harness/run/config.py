@@ -50,6 +50,10 @@ class Config:
     # outage it checks (a fresh target then needs over 150 ms after RESUME).
     flows: int = 0
     flow_interval: float = 0.04
+    # After the hop the guest enables every queue pair the device offers (as a guest
+    # that gains vCPUs would), and with flows each queue must carry traffic on the
+    # target: a QEMU that has no backend for a queue it never used fails then.
+    all_queues: bool = False
     tcp: TcpPattern = "off"
     ram_mib: int = 256
     out: Path | None = None

@@ -91,6 +91,8 @@ class Target:
     queues_after: QueueCounts | None  # packets per queue pair while the fresh flows ran
     fresh: FlowsSummary
     fresh_flows: list[dict[str, Any]] = field(default_factory=list)
+    # Config.all_queues: packets per queue pair once the guest enabled them all.
+    all_queues: QueueCounts | None = None
 
 
 @dataclass(frozen=True)

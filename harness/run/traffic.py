@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from harness.analysis import flows, ping, queues, tcp_stream
-from harness.errors import CheckFailed, InternalError, ProbeFailed, Unsupported
+from harness.errors import CheckFailed, InternalError, ProbeFailed, QEMUError, Unsupported
 from harness.guest.spec import HELPER
 from harness.probes import driver
 from harness.qemu.vm import VM
@@ -64,7 +64,8 @@ def epsilon_ms(lab: Lab) -> float:
 
 
 def needed_tools(cfg: Config) -> list[str]:
-    return ([HELPER] if cfg.flows else []) + (["nc"] if cfg.tcp != "off" else [])
+    return ([HELPER] if cfg.flows or cfg.all_queues else []) + (["nc"] if cfg.tcp != "off"
+                                                                 else [])
 
 
 def start_servers(lab: Lab, vm: VM) -> queues.QueueCounts | None:
@@ -79,7 +80,7 @@ def start_servers(lab: Lab, vm: VM) -> queues.QueueCounts | None:
     m = vm.run_console(f'for t in {probe}; do p=$(command -v $t) && case $p in /*) [ -x "$p" ]'
                        f';; esac || echo TAPMIG-LACKS-"$t"; done; echo TAPMIG-HAS-"ALL"', LACKS)
     if m.group(1):
-        option = "--flows 0" if m.group(1) == HELPER else "--tcp off"
+        option = "--flows 0 --no-all-queues" if m.group(1) == HELPER else "--tcp off"
         raise Unsupported(f"guest {lab.guest.name} has no {m.group(1)}, which the traffic "
                           f"checks need: use the embedded guest, or {option}")
     if cfg.tcp != "off":
@@ -248,6 +249,9 @@ def verify_target(lab: Lab) -> Target | None:
         raise InternalError("the target checks ran without a serving QEMU")
     if not lab.cfg.flows:
         lab.guest_pings_host(vm)
+        if lab.cfg.all_queues:  # without flows, the queues are enabled but carry no test
+            enable_all_queues(lab)
+            lab.guest_pings_host(vm)
         return None
     before = read_queues(vm, before=PING_HOST.format(host=HOST_IP), after=PING_FAILED)
     text = fresh_flows(lab)
@@ -256,24 +260,60 @@ def verify_target(lab: Lab) -> Target | None:
     fresh = flows.analyze(flows.parse(text), (0.0, 0.0), 0.0, after)
     return Target(after.since(before), fresh,
                   [{"flow": r.flow, "port": r.port, "queue": r.queue, "sent": r.sent,
-                    "answered": r.answered} for r in fresh.flows])
+                    "answered": r.answered} for r in fresh.flows],
+                  enable_all_queues(lab) if lab.cfg.all_queues else None)
 
 
 def judge_target(target: Target | None, cfg: Config) -> None:
-    """Every fresh flow answered, every live queue pair carried packets both ways."""
+    """Every fresh flow answered, every live queue pair carried packets both ways; with
+    all_queues, every queue pair of the device too."""
     if target is None:
         return
     flows.check_recovered(target.fresh, cfg.vcpus, what="from the target", name="fresh flow")
     if target.queues_after is not None:
         queues.check_every_queue(target.queues_after, "on the target")
+    if target.all_queues is not None:
+        queues.check_every_queue(target.all_queues, "on the target once the guest enabled "
+                                 "them all")
 
 
-def fresh_flows(lab: Lab) -> str:
-    """K flows from source ports the TAP has not seen (new ones each hop of a chain),
-    FRESH_COUNT requests each; the prober's log."""
-    sport = FRESH_SPORT + (lab.hop * lab.cfg.flows) % FRESH_PORTS
+SWEEP_ROUNDS = 4  # of K fresh flows each: 4K flows spread over the queues by their hash
+
+
+def enable_all_queues(lab: Lab) -> queues.QueueCounts:
+    """The guest enables every queue pair its device offers, then (with flows) fresh
+    flows run in SWEEP_ROUNDS rounds of new source ports, so that the TAP's flow hash
+    puts some on every queue; the packets each queue pair carried meanwhile. A QEMU
+    that cannot serve a queue it had no use for (no backend for it) dies or leaves the
+    queue silent: either fails the hop, naming the queues. The guest then goes back to
+    the queue pairs it used, so that every hop of a chain enables them anew."""
+    vm = lab.source
+    if vm is None:
+        raise InternalError("the queue sweep ran without a serving QEMU")
+    used = read_queues(vm).live if lab.queue_baseline is None else lab.queue_baseline.live
+    try:
+        before = read_queues(vm, pairs="all")
+    except QEMUError as exc:
+        cause = " <- ".join(vm.stderr_lines()[-4:])
+        raise CheckFailed(f"the target QEMU failed when the guest enabled all {lab.cfg.queues} "
+                          f"queue pairs: {cause or exc}", check="all-queues") from exc
+    if before.live != before.max:
+        raise CheckFailed(f"the guest could enable only {before.live} of {before.max} queue "
+                          "pairs on the target", check="all-queues")
+    for r in range(SWEEP_ROUNDS if lab.cfg.flows else 0):
+        fresh_flows(lab, round_=r + 1)
+    after = read_queues(vm)
+    lab.queue_baseline = read_queues(vm, pairs=used)  # the next hop counts from here
+    return after.since(before)
+
+
+def fresh_flows(lab: Lab, round_: int = 0) -> str:
+    """K flows from source ports the TAP has not seen (new ones each hop of a chain, and
+    each round of a hop), FRESH_COUNT requests each; the prober's log."""
+    sport = FRESH_SPORT + ((lab.hop * (1 + SWEEP_ROUNDS) + round_) * lab.cfg.flows) % FRESH_PORTS
     timeout = 30 + FRESH_COUNT * FRESH_INTERVAL
-    with FlowProbe(lab.rundir / "fresh-flows.log", lab.ns.exec_prefix(), lab.cfg.flows,
+    log = lab.rundir / ("fresh-flows.log" if round_ == 0 else f"all-queues-{round_}.log")
+    with FlowProbe(log, lab.ns.exec_prefix(), lab.cfg.flows,
                    FRESH_INTERVAL, first=lab.cfg.flows, sport=sport,
                    requests=FRESH_COUNT) as probe:
         if probe.proc is None:
@@ -289,9 +329,10 @@ def fresh_flows(lab: Lab) -> str:
 
 
 def read_queues(vm: VM, iface: str = "eth0", timeout: float = 20.0, before: str = "",
-                after: str = "") -> queues.QueueCounts:
+                after: str = "", pairs: int | str = "") -> queues.QueueCounts:
     """The guest's counters now, typed into its console shell (after `before`, a
-    command prefix that must succeed first; `after` says if it did not)."""
-    m = vm.run_console(f"{before}{HELPER} queues {iface} {after}", queues.WHOLE_LINE,
+    command prefix that must succeed first; `after` says if it did not); with pairs
+    (a count, or "all" the device offers), once that many queue pairs are enabled."""
+    m = vm.run_console(f"{before}{HELPER} queues {iface} {pairs} {after}", queues.WHOLE_LINE,
                        failure=f"{queues.FAILED}|TAPMIG-GUEST-PING-FAILED", timeout=timeout)
     return queues.QueueCounts.parse(m.group(0))
