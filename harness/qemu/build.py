@@ -35,7 +35,14 @@ from harness.cache import default_cache
 from harness.errors import EXIT_INTERRUPTED, TapmigError, UsageError
 from harness.qemu.source import Log, Source, expand_patches, inspect_source, log_stderr, sha256_file
 from harness.qemu.tree import PYTHON_DEPS, TARGET, Tree, elapsed, locked, meson_python, ninja
-from harness.qemu.variants import BASE, Planned, list_variants, plan_variants, touched_files
+from harness.qemu.variants import (
+    BASE,
+    Planned,
+    finished,
+    list_variants,
+    plan_variants,
+    touched_files,
+)
 
 BUILD_RECIPE_VERSION = 1
 # x86_64 only and minimal, but with TCG, KVM, tap and vhost-net (shared/qemu/README.md).
@@ -85,7 +92,7 @@ class _Plan:
         return Tree(self.root / f"{self.key}.tree")
 
     def done(self) -> bool:
-        return (self.root / self.key / "DONE").is_file() and self.binary.is_file()
+        return finished(self.binary)
 
     def variants(self, variants: Sequence[Path]) -> list[Planned]:
         return plan_variants(self.key, list_variants(variants), self.root, TARGET)
@@ -233,8 +240,8 @@ def build_variants(source: Path, patches: Sequence[Path], variants: Sequence[Pat
             log(f"cached: {plan.binary}")
         else:
             _build_base(plan, n, log)
-        for p in plan.variants(variants):  # again: another process may have built some
-            if p.done:
+        for p in planned:
+            if finished(p.binary):  # by another process while this one waited
                 log(f"cached: {p.binary}")
             else:
                 _build_variant(plan, p, n, log)

@@ -78,17 +78,21 @@ def variant_key(base_key: str, patch_sha256: str) -> str:
     return hashlib.sha256(f"{base_key}\0{patch_sha256}".encode()).hexdigest()[:24]
 
 
+def finished(binary: Path) -> bool:
+    """Whether a build's binary is published: its DONE, beside bin/, comes with it."""
+    return (binary.parent.parent / "DONE").is_file() and binary.is_file()
+
+
 def plan_variants(base_key: str, variants: Sequence[Variant], root: Path,
                   target: str) -> list[Planned]:
     """Each variant's key and binary (target) under root, the cache's qemu dir, and
-    whether the cache has it finished (DONE is written last, in the published dir)."""
+    whether the cache has it finished."""
     out: list[Planned] = []
     for v in variants:
         sha = sha256_file(v.patch)
         key = variant_key(base_key, sha)
         binary = root / key / "bin" / target
-        out.append(Planned(v, sha, key, binary,
-                           (root / key / "DONE").is_file() and binary.is_file()))
+        out.append(Planned(v, sha, key, binary, finished(binary)))
     return out
 
 
