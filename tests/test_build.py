@@ -457,6 +457,8 @@ def test_variants_are_named_after_their_patches_and_listed_from_folders(
     other.mkdir()
     twin = _write(other / "b-two.patch", GOOD)
     assert _bad_input(lambda: list_variants([folder, twin])) == str(twin)
+    assert _bad_input(lambda: list_variants([tmp_path / "nowhere.patch"])) == str(
+        tmp_path / "nowhere.patch")
     for bad in ("base.patch", "two words.patch", "-dash.patch"):
         path = _write(tmp_path / bad, GOOD)
         assert _bad_input(lambda p=path: list_variants([p])) == str(path)  # type: ignore[misc]

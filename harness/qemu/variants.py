@@ -57,6 +57,10 @@ def list_variants(paths: Sequence[Path]) -> list[Variant]:
     """
     out: list[Variant] = []
     seen: dict[str, Path] = {}
+    for path in paths:
+        if not path.exists():
+            raise BuildInputError(f"variant {path} does not exist; check the --variant path",
+                                  str(path))
     for patch in expand_patches(paths):
         name = variant_name(patch)
         if name == BASE or not _NAME.fullmatch(name):
