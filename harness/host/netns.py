@@ -24,7 +24,7 @@ from typing import Any
 from pyroute2 import NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from harness.errors import HostError, InternalError, TapmigError
+from harness.errors import HostError, InternalError, NetnsFailed
 from harness.proc import PREFIX, owner_pid, pid_alive, unique_name
 
 NETNS_DIR = Path("/run/netns")
@@ -93,7 +93,8 @@ class Namespace:
         for link in self.ipr.get_links():
             if link.get_attr("IFLA_IFNAME") == ifname:
                 return link
-        raise TapmigError(f"no interface {ifname} in namespace {self.name}")
+        raise NetnsFailed(f"no interface {ifname} in namespace {self.name}", "lookup",
+                          self.name, ifname)
 
     def index(self, ifname: str) -> int:
         return int(self._link(ifname)["index"])
@@ -153,7 +154,8 @@ def remove(name: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise TapmigError(f"cannot remove network namespace {name}: {exc}") from exc
+        raise NetnsFailed(f"cannot remove network namespace {name}: {exc}", "remove", name,
+                          errno=exc.errno) from exc
 
 
 def list_ours() -> list[str]:
