@@ -26,7 +26,6 @@ ShutdownHow = Literal["quit", "sigterm", "sigkill", "exited"]
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 STATUSES: tuple[Status, ...] = get_args(Status)
-ACCELS: tuple[Accel, ...] = get_args(Accel)
 ACCEL_CHOICES: tuple[AccelChoice, ...] = get_args(AccelChoice)
 PROBERS: tuple[Prober, ...] = get_args(Prober)
 TCP_PATTERNS: tuple[TcpPattern, ...] = get_args(TcpPattern)

@@ -50,7 +50,6 @@ HEADER = struct.Struct("!4sI")
 MAGIC = b"TMGT"
 # struct tcp_info up to tcpi_segs_in (linux/tcp.h): 8 u8, 24 u32, 4 u64, 2 u32.
 TCP_INFO = struct.Struct("=8B24I4Q2I")
-CA_STATES = ("open", "disorder", "cwr", "recovery", "loss")
 # The namespace's TCP counters worth a line in the record: retransmissions by cause.
 COUNTERS = {"Tcp": ("RetransSegs",),
             "TcpExt": ("TCPTimeouts", "TCPLossProbes", "TCPLossProbeRecovery",

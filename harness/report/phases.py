@@ -35,7 +35,6 @@ WHAT = {"pre_stop": "network down before the source stops",
         "cont_to_resume": "cont to RESUME",
         "guest_warmup": "RESUME to the first reply (guest warm-up)",
         RESIDUAL: "what no checkpoint explains"}
-HARNESS = frozenset(p for p, k in KIND.items() if k == "harness time")
 NO_BREAKDOWN = ("this record has no downtime_breakdown (written before tapmig split the "
                 "blackout, or the hop ended before its hole was measured)")
 
