@@ -1,4 +1,4 @@
-"""Where the blackout goes, on real hops of a shared guest (issue 18).
+"""Where the blackout goes, on real hops of a shared guest.
 
 The breakdown of a hop is read from both QEMUs' real trace files and the hop's own
 marks. On the built QEMU (vmstate_downtime events) its phases must each be >= 0, add

@@ -1,4 +1,4 @@
-"""Where the blackout goes, in every report (issue 18), on real records (no QEMU): the
+"""Where the blackout goes, in every report, on real records (no QEMU): the
 run's table, the timeline, the measure report with local - new-TAP per phase, compare
 naming the phase that moved, and the chains' per-phase drift.
 

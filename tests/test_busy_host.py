@@ -1,4 +1,4 @@
-"""Verdicts on a busy host (issue 19): real CPU hogs beside real hops of a shared guest.
+"""Verdicts on a busy host: real CPU hogs beside real hops of a shared guest.
 
 A fresh TCG target under load answers late because the host is busy, not because the
 migration broke; the window's epsilon follows the noise the probes saw before the

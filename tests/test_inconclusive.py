@@ -1,4 +1,4 @@
-"""Inconclusive runs are counted apart: never ok, never failed (issue 19). Pure, no QEMU.
+"""Inconclusive runs are counted apart: never ok, never failed. Pure, no QEMU.
 
 A run the host was too noisy to judge has status "inconclusive" and exit 3; a report
 counts it beside failed and unsupported runs and keeps it out of the figures;

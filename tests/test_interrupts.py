@@ -1,5 +1,5 @@
 """Ctrl-C, SIGTERM and SIGKILL sent to a real `tapmig run`, at each phase of the run,
-and the spot where Python itself used to lose an interrupt.
+and the spot where Python itself can lose an interrupt.
 
 An interrupted run must unwind everything it started and exit 130 promptly; a
 killed one cannot, so its QEMUs must die with it (PR_SET_PDEATHSIG) and the
@@ -358,7 +358,7 @@ def test_a_signal_while_a_resource_is_made_waits_until_its_removal_is_registered
         tmp_path: Path) -> None:
     """The Lab creates its run dir, namespace and shm file inside signals_deferred. A
     SIGINT sent between creating the shm file and the stack registering its removal
-    (here: before the file is even made) used to leave the file behind on a loaded
+    (here: before the file is even made) would leave the file behind on a loaded
     host; held until the block ends, it unwinds a stack that removes it. Under
     pytest-xdist the worker has other threads, which a process-directed signal may go
     to: it is held all the same."""

@@ -1,9 +1,9 @@
-"""What kept tapmig's memory growing over a soak stays fixed: checked as invariants of
+"""What would grow tapmig's memory over a soak stays bounded: checked as invariants of
 the process after a few hundred VM cycles and netlink lookups, not as an RSS threshold
 (RSS is noisy; `tapmig bench --chain N` prints its slope).
 
-- qemu.qmp gave every QMP nickname (target-N) a logger that logging's manager keeps for
-  good; the Monitor's client logger is now unlisted, so loggerDict does not grow per VM.
+- qemu.qmp gives every QMP nickname (target-N) a logger that logging's manager keeps for
+  good; the Monitor's client logger is unlisted, so loggerDict does not grow per VM.
 - Every VM's event loop is closed, its console reader joined, its sockets closed, and
   nothing keeps a VM or its Monitor alive once it has been shut down.
 - pyroute2 0.9 leaves the ACK of every RTM_GETLINK request in its socket's default

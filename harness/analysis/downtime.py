@@ -1,5 +1,5 @@
 """Where the blackout goes: one hole between replies, split into QEMU's own downtime
-checkpoints and the harness's steps, on one wall clock (issue 18).
+checkpoints and the harness's steps, on one wall clock.
 
 The inputs are the trace logs of both QEMUs (harness.qemu.trace), the wall-clock marks
 the harness takes in the hop (HopMarks), and a hole: (last reply before, first reply
