@@ -10,8 +10,11 @@ from collections.abc import Sequence
 import pytest
 
 from harness.analysis.trend import MIN_TREND, RSS_LEAK_KIB, findings, theil_sen
+from harness.campaign.outcome import Outcome
+from harness.errors import EXIT_FAILED
 from harness.record import RunRecord
 from harness.report.chain_summary import chain_summaries
+from harness.report.summary import build_report
 
 
 def test_exact_line_has_its_slope_and_a_zero_width_interval() -> None:
@@ -98,6 +101,19 @@ def test_one_fd_per_hop_is_a_leak() -> None:
     assert flagged(recs)["qemu_fds"] and not flagged(recs)["qemu_tun_fds"]
     (line,) = chain_summaries(recs)[0]["flags"]
     assert line.startswith("LEAK: c1: qemu_fds 28 -> 47 over 20 hops, +1/hop")
+
+
+def test_a_leak_fails_the_campaign_and_drift_does_not() -> None:
+    """Decided from each finding's kind, never from its flag line, which is for people."""
+    leak = hop_records(20, qemu_fds=[28 + i for i in range(20)])
+    drift = hop_records(20, blackout_ms=[30.0 + 2 * i for i in range(20)])
+    for recs, code in ((leak, EXIT_FAILED), (drift, 0)):
+        rep = build_report(recs, {}, partial=False)
+        assert [len(c["flags"]) for c in rep.chains] == [1]
+        assert Outcome(recs, rep, {}, interrupted=False).exit_code == code
+    rep = build_report(leak, {}, partial=False)
+    rep.chains[0]["flags"] = ["reworded"]
+    assert Outcome(leak, rep, {}, interrupted=False).exit_code == EXIT_FAILED
 
 
 def test_memory_growth_is_flagged_only_when_it_adds_up() -> None:

@@ -20,7 +20,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from harness.analysis.downtime import PHASES, RESIDUAL, Breakdown
 from harness.record import RunRecord
@@ -45,6 +45,9 @@ PHASE = "phase:"
 PHASE_DRIFT_FLOOR_MS = 1.0
 
 T = TypeVar("T")
+# What a finding judges: a leak (a figure that must not grow) or drift (one that may
+# wander, but not steadily). A flagged leak fails a campaign; drift is reported.
+Kind = Literal["leak", "drift"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class Finding:
     """One figure along one chain, and whether it is flagged (as a leak or as drift)."""
 
     metric: str
-    kind: str  # "leak" or "drift"
+    kind: Kind
     n: int
     first: float
     last: float
@@ -160,7 +163,7 @@ def unit(metric: str) -> str:
     return "ms" if metric.startswith(PHASE) else UNITS.get(metric, "")
 
 
-def judge(metric: str, kind: str, hops: list[int], ys: list[float], rule: Rule) -> Finding:
+def judge(metric: str, kind: Kind, hops: list[int], ys: list[float], rule: Rule) -> Finding:
     slope = theil_sen(hops, ys)
     if slope is None:
         return Finding(metric, kind, len(ys), ys[0], ys[-1], ys[0], None, None, False,
@@ -214,8 +217,10 @@ def findings(recs: list[RunRecord]) -> list[Finding]:
     """Every tracked figure of one chain's ok hops, in hop order."""
     rows = hop_rows(recs)
     out = []
-    for metrics, kind, rule in ((COUNTERS, "leak", _counter_rule),
-                                (MEMORY, "leak", _memory_rule), (DRIFTS, "drift", _drift_rule)):
+    rules: tuple[tuple[tuple[str, ...], Kind, Rule], ...] = (
+        (COUNTERS, "leak", _counter_rule), (MEMORY, "leak", _memory_rule),
+        (DRIFTS, "drift", _drift_rule))
+    for metrics, kind, rule in rules:
         for metric in metrics:
             pts = [(hop, s[metric]) for hop, s in rows if metric in s]
             if metrics is MEMORY:

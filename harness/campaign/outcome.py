@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import EXIT_INCONCLUSIVE
+from harness.errors import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, Unsupported
 from harness.record import RunRecord
 from harness.report import chain_summary, units
 from harness.report.summary import Report
@@ -49,13 +49,14 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted, 1 any run failed or a chain leaked, 3 too many runs
-        inconclusive to give a verdict, 2 nothing could run at all."""
+        """The first that holds: interrupted; a run failed or a chain leaked; too many
+        runs inconclusive for a verdict; no run supported (Unsupported's code: nothing
+        could run); else 0."""
         statuses = {r.status for r in self.records}
         if self.interrupted:
-            return 130
+            return EXIT_INTERRUPTED
         if "failed" in statuses or chain_summary.leaks(self.report.chains):
-            return 1
+            return EXIT_FAILED
         if self.inconclusive is not None:
             return EXIT_INCONCLUSIVE
-        return 2 if statuses == {"unsupported"} else 0
+        return Unsupported.exit_code if statuses == {"unsupported"} else 0

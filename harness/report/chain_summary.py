@@ -83,8 +83,10 @@ def chain_summaries(records: list[RunRecord]) -> list[dict[str, Any]]:
     return [summarize_chain(ident, recs) for ident, recs in chains.items()]
 
 
-def leaks(chains: list[dict[str, Any]]) -> list[str]:
-    return [line for c in chains for line in c["flags"] if line.startswith("LEAK")]
+def leaks(chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The flagged findings of kind "leak", each chain's: what fails a campaign. Read
+    from the findings' fields, never from the flag lines, which are for people."""
+    return [f for c in chains for f in c["findings"] if f["flagged"] and f["kind"] == "leak"]
 
 
 def _span(c: dict[str, Any], get: Any) -> str:
