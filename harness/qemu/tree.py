@@ -8,6 +8,8 @@ while a variant's patch is in it. ``MANIFEST`` holds every source file's sha256 
 base has it. A tree whose TREE is missing or not clean (a build that was killed, a
 patch that did not reverse), or whose files a variant touches differ from the
 manifest, is not to be trusted: harness.qemu.build removes it and makes it again.
+Files no variant touches are trusted as they are: the tree is the cache's, for no
+hand to edit.
 """
 
 from __future__ import annotations
