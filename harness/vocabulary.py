@@ -1,4 +1,5 @@
-"""The closed sets of words tapmig uses, as Literal types, so that mypy catches a typo.
+"""The closed sets of words tapmig uses, as Literal types, so that mypy catches a typo,
+and Log, the one type of the progress sink that every layer is handed.
 
 Each tuple is the runtime list of the same words, for argparse choices and for
 checking what a JSON file says.
@@ -6,6 +7,7 @@ checking what a JSON file says.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, TypeVar, get_args
 
 from harness.errors import UsageError
@@ -23,6 +25,8 @@ TcpPattern = Literal["continuous", "sparse", "off"]
 # How a QEMU process ended at teardown (harness.qemu.vm): it honoured `quit` over QMP, it
 # needed SIGTERM or SIGKILL, or it had already exited (died, or quit on its own).
 ShutdownHow = Literal["quit", "sigterm", "sigkill", "exited"]
+# Where a long step says what it is doing, one line per call: print, stderr, a test's list.
+Log = Callable[[str], None]
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 STATUSES: tuple[Status, ...] = get_args(Status)

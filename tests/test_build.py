@@ -36,6 +36,7 @@ from harness.qemu.source import (
     split_mbox,
 )
 from harness.qemu.variants import list_variants, plan_variants, touched_files, variant_key
+from harness.vocabulary import Log
 from tests.support import REPO
 
 SHARED = REPO.parent / "shared" / "qemu"
@@ -107,7 +108,7 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def _prepare(source: Path, patches: list[Path], tmp_path: Path,
-             log: Callable[[str], None] = lambda _: None) -> Path:
+             log: Log = lambda _: None) -> Path:
     """prepare_source into a fresh work dir, its tool output into a real log file."""
     work = tmp_path / "work"
     work.mkdir()

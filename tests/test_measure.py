@@ -26,7 +26,7 @@ from harness.report.model import Combination, Report
 from harness.report.summary import load_report
 from harness.run.config import Config
 from harness.run.setup import Setup
-from harness.vocabulary import AccelChoice, Mode
+from harness.vocabulary import AccelChoice, Log, Mode
 from tests.support import REPO, call_tapmig, one_line_error, run_tapmig
 from tests.support.counting import CountingQemu
 from tests.support.records import QEMU_A as A
@@ -134,7 +134,7 @@ class Runner:
         self.interrupt_call = interrupt_call
         self.calls: list[tuple[str, str]] = []
 
-    def __call__(self, cfg: Config, log: Callable[[str], None], setup: Setup | None) -> RunRecord:
+    def __call__(self, cfg: Config, log: Log, setup: Setup | None) -> RunRecord:
         self.calls.append((cfg.qemu, cfg.mode))
         n = len(self.calls)
         if n == self.interrupt_call:

@@ -11,7 +11,6 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Phase
 from harness.run.scenario import run
-from harness.vocabulary import AccelChoice, Mode
+from harness.vocabulary import AccelChoice, Log, Mode
 
 # What the issues ask for under TCG on a 2-core machine.
 TARGETS = {"boot_s": 8.0, "duration_s": 30.0, "resolution_ms": 1.0}
@@ -60,7 +59,7 @@ def median(values: list[float | None]) -> float | None:
 
 
 def bench(qemu: str, modes: list[Mode], iterations: int, accel: AccelChoice, cache: Path,
-          log: Callable[[str], None]) -> list[str]:
+          log: Log) -> list[str]:
     """Run each mode `iterations` times and return the report lines."""
     t0 = time.monotonic()
     guest = build_embedded(cache, log)
@@ -167,7 +166,7 @@ def chain_lines(c: dict[str, Any], recs: list[RunRecord]) -> list[str]:
 
 
 def bench_chain(qemu: str, modes: list[Mode], hops: int, accel: AccelChoice, cache: Path,
-                log: Callable[[str], None], out: Path | None = None,
+                log: Log, out: Path | None = None,
                 **plan: Any) -> list[str]:
     """One chain of `hops` per mode, through `tapmig measure --chain`, and its figures;
     `plan` takes measure's other settings (epsilon_ms, flows, tcp, vcpus)."""

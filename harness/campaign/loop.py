@@ -25,9 +25,8 @@ from harness.run import scenario
 from harness.run.chain import Chain, ChainRun
 from harness.run.config import Config
 from harness.run.setup import Setup
-from harness.vocabulary import Mode
+from harness.vocabulary import Log, Mode
 
-Log = Callable[[str], None]
 Emit = Callable[[RunRecord], None]
 RunFn = Callable[[Config, Log, Setup | None], RunRecord]
 

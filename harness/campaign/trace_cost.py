@@ -11,7 +11,6 @@ under 1.02 (a cost under 2 %).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from dataclasses import replace
 
 from harness.record import RunRecord
@@ -19,8 +18,8 @@ from harness.report.summary import median_ci, ratio_ci
 from harness.run.chain import Chain, ChainRun
 from harness.run.config import Config
 from harness.run.setup import prepare
+from harness.vocabulary import Log
 
-Log = Callable[[str], None]
 METRICS = ("blackout_ms", "downtime_ms")
 BOUND = 1.02  # a cost under 2 %
 

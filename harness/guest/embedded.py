@@ -23,7 +23,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from harness.cache import default_cache
 from harness.errors import GuestBuildFailed, HostError
 from harness.guest.assets import GuestSpec, Manifest, cache_dir, fetch
 from harness.guest.spec import HELPER, PROMPT, READY, Guest
+from harness.vocabulary import Log
 
 RECIPE = "tapmig-guest/3"
 KERNEL_META = "linux-image-amd64"
@@ -65,7 +65,7 @@ exec setsid cttyhack sh -i
 
 
 def resolve(spec: GuestSpec, manifest: Manifest, cache: Path,
-            log: Callable[[str], None] = print) -> Guest:
+            log: Log = print) -> Guest:
     """The Guest a parsed --guest names: built, fetched and verified, or the user's own files."""
     if spec.kind == "embedded":
         return build_embedded(cache, log)
@@ -227,7 +227,7 @@ def _initramfs(busybox: bytes, helper: bytes, root: Path, release: str,
     return gzip.compress(cpio_newc(entries), compresslevel=6, mtime=0)
 
 
-def build_embedded(cache: Path | None = None, log: Callable[[str], None] = print) -> Guest:
+def build_embedded(cache: Path | None = None, log: Log = print) -> Guest:
     """Resolve, download and assemble the guest, or return the cached one."""
     cache = cache or default_cache()
     kpkg, kernel, busybox = resolve_packages(cache / "guest")
@@ -256,7 +256,7 @@ def build_embedded(cache: Path | None = None, log: Callable[[str], None] = print
 
 
 def _assemble(inputs: dict[str, Any], kpkg: str, key: str, out: Path,
-              log: Callable[[str], None]) -> None:
+              log: Log) -> None:
     log(f"building the embedded guest from {inputs['kernel']} and {inputs['busybox']}")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{key}.") as tmpname:
         tmp = Path(tmpname)
