@@ -32,6 +32,10 @@ PACKAGES = ("probes", "guest", "host", "qemu", "analysis", "report", "run", "cam
 # path for Config (the plugin README's), and `python -m harness` as the CLI.
 REACHING_UP = frozenset({("harness.config", "harness.run.config"),
                          ("harness.__main__", "harness.cli.main")})
+# The design card's modules: the public faces of packages, for users of tapmig as a
+# library. Each stands at the layer of the package it fronts (it may import that package
+# and those below it) and only re-exports; harness's own code imports the packages.
+FACES = {"harness.vm": "qemu", "harness.netns": "host", "harness.ping": "analysis"}
 THIRD_PARTY = ("pyroute2", "qemu.qmp", "requests")
 MAX_FUNCTION_LINES = 50
 MAX_MODULE_LINES = 400
@@ -101,6 +105,8 @@ def layer(name: str) -> int | None:
     has no place (a new top-level module or package the layering must be told of)."""
     if name in FLOOR:
         return 0
+    if name in FACES:
+        return 1 + PACKAGES.index(FACES[name])
     parts = name.split(".")
     if len(parts) >= 2 and parts[1] in PACKAGES:
         return 1 + PACKAGES.index(parts[1])
@@ -198,7 +204,7 @@ def layering_violations() -> list[str]:
             wrong.append(f"{rel(importer)}: {importer} has no layer (FLOOR or PACKAGES "
                          "in tests/test_architecture.py)")
             continue
-        package = importer.split(".")[:2]
+        package = ["harness", FACES[importer]] if importer in FACES else importer.split(".")[:2]
         for name, line in sorted(imports(importer).items()):
             theirs = layer(name)
             same_package = mine > 0 and name.split(".")[:2] == package
@@ -224,6 +230,38 @@ def test_each_package_says_what_it_may_import() -> None:
         if not any(line.startswith("May import:") for line in doc.splitlines()):
             missing.append(rel(name))
     assert not missing, f"no 'May import:' line in the docstring of {', '.join(missing)}"
+
+
+def test_nothing_in_harness_imports_a_face() -> None:
+    found = [f"{rel(importer)}:{line}: imports {name}" for importer in modules()
+             for name, line in sorted(imports(importer).items()) if name in FACES]
+    assert not found, ("a face is for users; import the package it fronts:\n"
+                       + "\n".join(found))
+
+
+def exposed(doc: str) -> list[str]:
+    """The names of a docstring's "Exposes:" paragraph (it may wrap)."""
+    lines = doc.split("Exposes:", 1)[1].split("\n\n", 1)[0]
+    return [name.strip() for name in lines.replace("\n", " ").split(",")]
+
+
+@pytest.mark.parametrize("face", sorted(FACES))
+def test_each_face_imports_and_exposes_what_its_docstring_says(face: str) -> None:
+    code = ("import importlib, json, sys\n"
+            "m = importlib.import_module(sys.argv[1])\n"
+            "print(json.dumps({'all': m.__all__, 'doc': m.__doc__,\n"
+            "                  'missing': [n for n in m.__all__ if not hasattr(m, n)]}))")
+    done = python(code, face)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout)
+    assert "Exposes:" in found["doc"], f"{rel(face)}: no 'Exposes:' line in its docstring"
+    assert sorted(exposed(found["doc"])) == sorted(found["all"])
+    assert not found["missing"], f"{rel(face)}: __all__ names what it lacks"
+    # Only re-exports: the docstring, imports and __all__, nothing of its own.
+    own = [node.lineno for node in tree(face).body[1:]
+           if not isinstance(node, ast.Import | ast.ImportFrom)
+           and not (isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "__all__")]
+    assert not own, f"{rel(face)} defines something at lines {own}; it only re-exports"
 
 
 # --- (c), (d) what imports without the third-party packages ------------------------------
