@@ -299,8 +299,8 @@ def test_sigkill_leaves_orphans_that_the_next_run_reaps(
         orphans: set[str]) -> None:
     """Nothing runs after SIGKILL: QEMU and the prober die with tapmig (PR_SET_PDEATHSIG),
     and what it created stays until reap_orphans, which every run calls first, removes
-    it because its owner PID is dead. That needs every name to carry the PID: the
-    capability query's temporary dir once did not, and was never reaped."""
+    it because its owner PID is dead. That needs every name to carry the PID, the
+    capability query's temporary dir too: a name without it is never reaped."""
     r = start_run()
     phase(r)
     r.kill()
