@@ -5,6 +5,7 @@ that came before a wait, and the errors' fields.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -151,3 +152,34 @@ def test_a_console_wait_that_times_out_names_the_last_line(tapmig_qemu: str,
     first = str(caught.value).splitlines()[0]
     assert first == "empty: console never showed 'NEVER-SHOWN' within 1s; its last line: '(qemu)'"
     assert caught.value.console_tail.endswith("monitor - type 'help' for more information\n(qemu)")
+
+
+def test_an_interrupt_after_an_answer_spares_the_next_command(tapmig_qemu: str,
+                                                             tmp_path: Path) -> None:
+    """A Ctrl-C can land after a QMP call's answer came and before the event loop ran the
+    callback that stops it (here: raised by a callback that waits for the call to be
+    done). Left queued, that callback stopped the next call, the teardown's `quit`,
+    before QEMU answered ("Event loop stopped before Future completed"); the next
+    command and the quit are answered as usual."""
+
+    async def answered_then_interrupted() -> str:
+        loop = asyncio.get_running_loop()
+        call = {asyncio.current_task()} | {t for t in asyncio.all_tasks(loop)
+                                            if getattr(t.get_coro(), "__name__", "") == "wait_for"}
+
+        def interrupt_once_done() -> None:
+            if all(task is not None and task.done() for task in call):
+                raise KeyboardInterrupt
+            loop.call_soon(interrupt_once_done)
+
+        loop.call_soon(interrupt_once_done)
+        return "answered"
+
+    vm = empty_vm(tapmig_qemu, tmp_path)
+    with vm:
+        monitor = vm._monitor  # the VM API has no way to interrupt it mid-call
+        assert monitor is not None
+        with pytest.raises(KeyboardInterrupt):
+            monitor._sync(answered_then_interrupted(), 5)
+        assert vm.cmd("query-status")["status"] == "prelaunch"
+    assert vm.shutdown_how == "quit"

@@ -58,7 +58,16 @@ class Monitor:
         self._taken: set[int] = set()  # taken events at or after _next
 
     def _sync(self, aw: Awaitable[T], timeout: float | None) -> T:
-        return self._loop.run_until_complete(asyncio.wait_for(aw, timeout))
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(aw, timeout))
+        except (KeyboardInterrupt, SystemExit):
+            # A Ctrl-C or SIGTERM can land after the call's result came and before the loop
+            # ran the callback that stops it. Run that callback now, one turn of the loop,
+            # so that it does not stop the next call (the teardown's `quit`) mid-way.
+            if not self._loop.is_closed():
+                self._loop.stop()
+                self._loop.run_forever()
+            raise
 
     def connect(self, path: str) -> None:
         """Connect and negotiate; ConnectError (a QMPError) or TimeoutError if QEMU does not."""
