@@ -24,6 +24,8 @@ from harness.report.canvas import LEFT, RIGHT, WIDTH, Canvas
 TOP = 52
 ROW = 16
 TCP_HEIGHT = 150
+# tcpi_ca_state's TCP_CA_Loss (linux/tcp.h): a retransmission in it followed a timeout.
+CA_LOSS = 4
 BEFORE_MS, AFTER_MS = 250.0, 400.0  # shown around the outage
 COLORS = {"reply": "#3b6fb6", "late": "#e08a00", "lost": "#d62728", "hole": "#d62728",
           "stop": "#444", "tx": "#999", "rx": "#2a9d5c"}
@@ -141,7 +143,7 @@ def draw_tcp(c: Canvas, rec: RunRecord, tcp: TcpLog, y0: float) -> None:
     for r in detail.get("retransmitted", []):
         t = (rec.stop_ts or 0) + r["at_ms"] / 1000
         if c.shown(t):
-            kind = "RTO" if r.get("ca_state") == 4 else "retransmit"
+            kind = "RTO" if r.get("ca_state") == CA_LOSS else "retransmit"
             c.add("text", x=c.x(t), y=y0 + TCP_HEIGHT + 12, text=f"▲ {kind}", font_size=10,
                   fill=COLORS["lost"], text_anchor="middle")
 
