@@ -132,7 +132,7 @@ def test_migration_keeps_network_with_vhost(
 
 @on(Key("new-tap", queues=1))
 def test_iputils_prober_is_recorded_and_used(hop: Hopper, tmp_path: Path) -> None:
-    """Config.prober reaches the record (it once always read "tapmig"), and the log is
+    """Config.prober reaches the record, not a fixed "tapmig", and the log is
     iputils' own: it has none of the "sent" lines tapmig's prober writes."""
     rec = hop(prober="iputils", out=tmp_path)
     assert rec.status == "ok", rec.error
