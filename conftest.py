@@ -141,7 +141,7 @@ def lab(lab_config: Config, tapmig_capabilities: Capabilities, tapmig_guest: Gue
     file, no QEMU yet. Torn down as a run tears it down."""
     accel_name, reason = accel.choose(tapmig_accel, tapmig_capabilities.qemu, tapmig_guest,
                                       lab_config.cache, log=lambda _m: None)
-    setup = Setup(tapmig_capabilities, tapmig_guest, accel_name, reason)
+    setup = Setup.of(lab_config, tapmig_capabilities, tapmig_guest, accel_name, reason)
     with ExitStack() as stack:
         bench = Lab(lab_config, setup, stack, log=print)
         bench.add_taps()

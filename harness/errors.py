@@ -7,6 +7,8 @@
      |    +-- NotComparable     2  differences: `compare` of reports from unlike runs
      +-- HostError              2  (message): this host cannot run it (no root, no ping ...)
      +-- Unsupported            2  reason: this QEMU or host lacks what the variant needs
+     |    +-- RamBlockMismatch  2  block, source_size, target_size, and Unsupported's: the
+     |                             two sides' RAM blocks differ; refused before migrating
      +-- QEMUError              1  side, argv, command_line, exit_status, stderr_tail,
      |    |                        console_tail: a QEMU process failed
      |    +-- QMPCommandError   1  command, error_class, desc, and QEMUError's: QEMU refused
@@ -90,6 +92,20 @@ class Unsupported(TapmigError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RamBlockMismatch(Unsupported):
+    """The two sides of a live update have RAM blocks of other names or sizes (a firmware
+    or ROM of another size): refused while the guest still runs on the source."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, reason: str, block: str, source_size: int | None,
+                 target_size: int | None) -> None:
+        super().__init__(reason)
+        self.block = block
+        self.source_size = source_size
+        self.target_size = target_size
 
 
 class QEMUError(TapmigError):

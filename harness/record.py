@@ -45,6 +45,13 @@ class RunRecord:
     # that tests and tools never parse the message.
     failure: dict[str, Any] | None = None
     interface: Interface = "none"  # which interface of the series the QEMU speaks
+    # The target's binary, when a live update migrates to another one (else the same as
+    # qemu); an older record has "", which means the same binary.
+    target_qemu: str = ""
+    target_qemu_version: str = ""
+    target_interface: Interface = "none"
+    machine: str = ""  # the machine type both sides ran, versioned (pc-q35-10.2)
+    guest_cpu: str = ""  # the -cpu model both sides ran
     # The four numbers.
     blackout_ms: float | None = None
     lost: int | None = None

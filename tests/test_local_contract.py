@@ -56,8 +56,8 @@ def lab(tapmig_capabilities: Capabilities, tapmig_guest: Guest,
     accel_name, reason = accel.choose(tapmig_accel, caps.qemu, tapmig_guest, default_cache(),
                                       log=lambda _m: None)
     with ExitStack() as stack:
-        lab = Lab(Config(qemu=caps.qemu, mode="local", queues=4),
-                  Setup(caps, tapmig_guest, accel_name, reason), stack, log=print)
+        cfg = Config(qemu=caps.qemu, mode="local", queues=4)
+        lab = Lab(cfg, Setup.of(cfg, caps, tapmig_guest, accel_name, reason), stack, log=print)
         lab.add_taps()
         yield lab
 

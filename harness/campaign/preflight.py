@@ -12,7 +12,7 @@ from harness.errors import Unsupported
 from harness.guest.embedded import build_embedded
 from harness.host.check import check_host
 from harness.qemu import accel
-from harness.qemu.capabilities import query_capabilities
+from harness.qemu.capabilities import capabilities_of
 from harness.run.config import Config
 from harness.run.setup import Setup, check_variant
 
@@ -31,12 +31,18 @@ def preflight(plan: Plan, log: Log) -> dict[str, Setup]:
     guest = plan.guest or build_embedded(plan.cache, log)
     setups = {}
     for label, qemu in plan.builds.items():
-        caps = query_capabilities(qemu)
+        caps = capabilities_of(qemu)
+        target = plan.targets.get(label)
         for mode in plan.modes:
             with contextlib.suppress(Unsupported):
-                check_variant(Config(qemu, mode, queues=plan.queues, vcpus=plan.vcpus,
-                                     flows=plan.flows), caps)
+                check_variant(Config(qemu, mode, target_qemu=target, queues=plan.queues,
+                                     vcpus=plan.vcpus, flows=plan.flows), caps,
+                              capabilities_of(target) if target else None)
         name, reason = accel.choose(plan.accel, qemu, guest, plan.cache, log)
-        log(f"{label} = {qemu} (QEMU {caps.version}); {name}: {reason}")
-        setups[label] = Setup(caps, guest, name, reason)
+        to = f" -> {target} (QEMU {capabilities_of(target).version})" if target else ""
+        log(f"{label} = {qemu} (QEMU {caps.version}){to}; {name}: {reason}")
+        setups[label] = Setup.of(Config(qemu, target_qemu=target, machine=plan.machine), caps,
+                                 guest, name, reason)
+        for note in setups[label].machine.notes:
+            log(f"note: {note}")
     return setups

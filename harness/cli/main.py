@@ -51,6 +51,8 @@ def _guest_spec(value: str | None) -> tuple[assets.Manifest, assets.GuestSpec]:
 def cmd_run(args: argparse.Namespace) -> int:
     manifest, spec = _guest_spec(args.guest)
     cfg = Config(qemu=args.qemu, mode=args.mode, accel=args.accel, vhost=args.vhost,
+                 target_qemu=args.target_qemu, machine=args.machine, firmware=args.firmware,
+                 target_firmware=args.target_firmware,
                  queues=args.queues, vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
                  flows=args.flows, tcp=args.tcp, all_queues=args.all_queues, ram_mib=args.ram,
                  out=args.out, cache=args.cache,
@@ -136,7 +138,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     modes = plan.parse_modes(args.mode)
     manifest, spec = _guest_spec(args.guest)
     store.prepare_out(args.out)
-    campaign = plan.Plan(builds=plan.resolve_builds(args.qemu), modes=modes,
+    builds, targets = plan.resolve_pairs(args.qemu, args.pair, args.pairs == "all")
+    campaign = plan.Plan(builds=builds, targets=targets, machine=args.machine, modes=modes,
                          iterations=shape.iterations, out=args.out, accel=args.accel,
                          queues=args.queues, cache=args.cache,
                          vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),

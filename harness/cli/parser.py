@@ -94,9 +94,34 @@ def _traffic(p: argparse.ArgumentParser) -> None:
                         "(with flows) each must carry traffic on the target (default on)")
 
 
+def _firmware(text: str) -> tuple[str, ...]:
+    """--firmware DIR[:DIR...]: each an existing directory."""
+    dirs = tuple(d for d in text.split(":") if d)
+    bad = [d for d in dirs if not os.path.isdir(d)]
+    if not dirs or bad:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give existing directories separated by ':'"
+            + (f" ({bad[0]} is none)" if bad else ""))
+    return dirs
+
+
+def _sides(p: argparse.ArgumentParser) -> None:
+    """What both sides of a live update share, and what each has of its own."""
+    p.add_argument("--machine", metavar="TYPE", default=None,
+                   help="machine type for both sides (default: q35 for one binary; for two, "
+                        "the newest pc-q35-X.Y both offer)")
+    p.add_argument("--firmware", type=_firmware, default=(), metavar="DIR[:DIR]",
+                   help="firmware dirs (-L) of --qemu (default: Debian's)")
+    p.add_argument("--target-firmware", type=_firmware, default=(), metavar="DIR[:DIR]",
+                   help="firmware dirs (-L) of --target-qemu (default: Debian's)")
+
+
 def _add_run(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     r = sub.add_parser("run", parents=[common], help="run one migration and print its numbers")
     r.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary to test")
+    r.add_argument("--target-qemu", metavar="PATH", default=None,
+                   help="a live update: the target runs this other binary (default: --qemu)")
+    _sides(r)
     _accel(r)
     r.add_argument("--mode", choices=MODES, default="new-tap")
     r.add_argument("--vhost", action="store_true", help="vhost=on (needs /dev/vhost-net)")
@@ -118,8 +143,14 @@ def _add_run(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 def _add_measure(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     m = sub.add_parser("measure", parents=[common],
                        help="repeat migrations over builds and modes; write a report")
-    m.add_argument("--qemu", action="append", required=True,
+    m.add_argument("--qemu", action="append", default=[],
                    help="QEMU binary to test; repeat to compare builds")
+    m.add_argument("--pair", action="append", default=[], metavar="A:B",
+                   help="a live update from binary A to binary B (chains alternate A->B and "
+                        "B->A); repeat, or --pairs all for every ordered pair of the --qemu")
+    m.add_argument("--pairs", choices=("all",), default=None,
+                   help="all: every ordered pair of two different --qemu binaries")
+    _sides(m)
     m.add_argument("--mode", action="append", required=True,
                    help=f"comma-separated, or repeated: {','.join(MODES)}")
     m.add_argument("--iterations", type=int, default=None,

@@ -10,7 +10,9 @@ item this reports missing.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -44,6 +46,11 @@ class Capabilities:
     # The trace events tapmig asks for to split the downtime (harness.qemu.trace): the
     # vmstate_downtime ones where this QEMU has them, else its older savevm ones.
     trace: tuple[str, ...] = ()
+    # The q35 machine types it offers by version (pc-q35-X.Y, oldest first), the one its
+    # `q35` alias resolves to, and those it calls deprecated (query-machines).
+    q35_types: tuple[str, ...] = ()
+    q35_alias: str = ""
+    deprecated: tuple[str, ...] = ()
 
     @property
     def interface(self) -> Interface:
@@ -140,6 +147,7 @@ def query_capabilities(qemu: str) -> Capabilities:
             facts = schema_facts(vm.cmd("query-qmp-schema"))
             props = {p["name"] for p in vm.cmd("device-list-properties", typename="virtio-net-pci")}
             caps = {c["capability"] for c in vm.cmd("query-migrate-capabilities")}
+            machines = vm.cmd("query-machines")
             events = frozenset(e["name"] for e in vm.cmd("trace-event-get-state", name="*"))
     return Capabilities(
         qemu=binary,
@@ -151,4 +159,31 @@ def query_capabilities(qemu: str) -> Capabilities:
         x_ignore_shared="x-ignore-shared" in caps,
         vhost_problem=vhost_net_problem(),
         trace=trace_patterns(events),
+        q35_types=tuple(sorted((m["name"] for m in machines if Q35.fullmatch(m["name"])),
+                               key=q35_version)),
+        q35_alias=next((m["name"] for m in machines if m.get("alias") == "q35"), ""),
+        deprecated=tuple(sorted(m["name"] for m in machines if m.get("deprecated"))),
     )
+
+
+Q35 = re.compile(r"pc-q35-(\d+)\.(\d+)")
+
+
+def q35_version(name: str) -> tuple[int, int]:
+    """(major, minor) of a versioned q35 machine type, for ordering."""
+    m = Q35.fullmatch(name)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+@functools.cache
+def _capabilities(binary: str, stamp: tuple[int, int, int]) -> Capabilities:
+    return query_capabilities(binary)
+
+
+def capabilities_of(qemu: str) -> Capabilities:
+    """A binary's capabilities, asked once per process for each build of it (its path,
+    size and mtime): the two sides of a live update, and every hop of a chain that
+    alternates them, share the answer."""
+    binary = resolve_qemu(qemu)
+    st = os.stat(binary)
+    return _capabilities(binary, (st.st_ino, st.st_size, st.st_mtime_ns))

@@ -57,8 +57,21 @@ def _context(ctx: Context) -> dict[str, Any]:
         "iteration": ctx.iteration, "cpu_model": ctx.cpu_model}
     if s is not None:
         out.update(qemu=s.caps.qemu, qemu_version=s.caps.version, interface=s.caps.interface,
-                   guest=s.guest.name, accel=s.accel, accel_reason=s.accel_reason)
+                   target_qemu=s.target_caps.qemu, target_qemu_version=s.target_caps.version,
+                   target_interface=s.target_caps.interface, machine=s.machine.type,
+                   guest_cpu=s.machine.cpu, guest=s.guest.name, accel=s.accel,
+                   accel_reason=s.accel_reason)
     return out
+
+
+def _sides(hop: Hop) -> dict[str, Any]:
+    """The hop's own binaries: a chain that alternates them runs the pair both ways."""
+    if hop.sides is None:
+        return {}
+    src, dst = hop.sides
+    return {"qemu": src.qemu, "qemu_version": src.caps.version,
+            "interface": src.caps.interface, "target_qemu": dst.qemu,
+            "target_qemu_version": dst.caps.version, "target_interface": dst.caps.interface}
 
 
 def _icmp(hop: Hop) -> dict[str, Any]:
@@ -115,6 +128,8 @@ def _checks(hop: Hop) -> dict[str, Any]:
         checks["fresh_flows"] = hop.target.fresh_flows
     if hop.last_good_qemu is not None:
         checks["last_good_qemu"] = hop.last_good_qemu
+    if hop.ram_blocks:
+        checks["ram_blocks"] = {k: list(v) for k, v in hop.ram_blocks.items()}
     return checks
 
 
@@ -125,7 +140,8 @@ def assemble(ctx: Context, hop: Hop | None, error: BaseException | None,
               "started": ctx.started, "duration_s": duration_s,
               "artifacts": dict(artifacts or {})}
     if hop is not None:
-        fields.update(_icmp(hop), **_traffic(hop), checks=_checks(hop), hop=hop.number
+        fields.update(_sides(hop), **_icmp(hop), **_traffic(hop), checks=_checks(hop),
+                      hop=hop.number
                       if ctx.chain is not None else None, started=hop.started,
                       epsilon_ms=hop.epsilon_ms, phases=dict(hop.timings),
                       calibration=hop.calibration.to_json() if hop.calibration else None,

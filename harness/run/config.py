@@ -35,6 +35,15 @@ class Config:
 
     qemu: str
     mode: Mode = "new-tap"
+    # A live update: the first hop's target is this other binary, and a chain alternates
+    # the two (upgrade, rollback ...); None: every side is `qemu`.
+    target_qemu: str | None = None
+    # The machine type both sides run; None: what `qemu`'s q35 alias means, or for two
+    # binaries the newest pc-q35-X.Y both offer (harness.qemu.side.choose_machine).
+    machine: str | None = None
+    # Firmware dirs (-L) of `qemu` and of target_qemu; empty: Debian's.
+    firmware: tuple[str, ...] = ()
+    target_firmware: tuple[str, ...] = ()
     accel: AccelChoice = "auto"
     vhost: bool = False
     queues: int = 4

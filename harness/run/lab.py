@@ -19,7 +19,8 @@ from harness.host.netns import Namespace
 from harness.host.rundir import SHM_DIR, RunDir, ShmFile
 from harness.probes import driver
 from harness.proc import signals_deferred
-from harness.qemu import accel
+from harness.qemu.capabilities import capabilities_of
+from harness.qemu.side import FIRMWARE_DIRS, Side
 from harness.qemu.trace import trace_args
 from harness.qemu.vm import VM
 from harness.run.config import (
@@ -86,70 +87,61 @@ class Lab:
         """Where the QEMU called `name` writes its trace."""
         return self.rundir / f"{name}.trace"
 
-    def vm_args(self, incoming: bool, name: str = "") -> list[str]:
-        cpu = "host" if self.accel == "kvm" else "max"
-        args = [
-            "-machine", "q35,memory-backend=ram0", "-accel", self.accel, "-cpu", cpu,
-            "-smp", str(self.cfg.vcpus), "-m", f"{self.cfg.ram_mib}M",
-            "-object", f"memory-backend-file,id=ram0,size={self.cfg.ram_mib}M,"
-                       f"mem-path={self.shm},share=on",
-            "-nodefaults", "-display", "none", "-no-reboot", "-S",
-            *accel.firmware_args(),
-            "-device", "pcie-pci-bridge,id=pci.1,bus=pcie.0",
-            *self.guest.boot_args(GUEST_CIDR),
-            *(trace_args(self.trace_log(name), self.caps.trace) if self.cfg.trace else []),
-        ]
-        return [*args, "-incoming", "defer"] if incoming else args
+    def side(self, binary: str | None = None) -> Side:
+        """The side of a binary (the boot's, by default) on this guest's machine, with
+        its capabilities (asked once per binary) and its firmware."""
+        qemu = binary or self.cfg.qemu
+        caps = self.caps if qemu == self.caps.qemu else capabilities_of(qemu)
+        own = self.cfg.target_firmware if qemu == self.cfg.target_qemu else self.cfg.firmware
+        return Side(caps, self.setup.machine, own or FIRMWARE_DIRS)
 
-    def launch(self, name: str, incoming: bool) -> VM:
+    def target_side(self) -> Side:
+        """The next hop's target: the other binary of the pair than the one serving (the
+        same one without a target_qemu), so a chain alternates upgrade and rollback."""
+        pair = self.cfg.qemu, self.cfg.target_qemu or self.cfg.qemu
+        serving = self.source.binary if self.source is not None else pair[0]
+        return self.side(pair[1] if serving == pair[0] else pair[0])
+
+    def vm_args(self, incoming: bool, name: str = "", side: Side | None = None) -> list[str]:
+        side = side or (self.target_side() if incoming else self.side())
+        trace = (trace_args(self.trace_log(name), side.caps.trace) if self.cfg.trace else [])
+        return side.command_line(accel=self.accel, vcpus=self.cfg.vcpus,
+                                 ram_mib=self.cfg.ram_mib, shm=self.shm,
+                                 guest_args=self.guest.boot_args(GUEST_CIDR), trace=trace,
+                                 incoming=incoming)
+
+    def launch(self, name: str, incoming: bool, side: Side | None = None) -> VM:
         """A QEMU with no NIC yet, owned by the run's ExitStack."""
-        return self.stack.enter_context(VM(name, self.caps.qemu, self.vm_args(incoming, name),
+        side = side or (self.target_side() if incoming else self.side())
+        return self.stack.enter_context(VM(name, side.qemu, self.vm_args(incoming, name, side),
                                            self.rundir, prefix=self.ns.exec_prefix(),
                                            qmp_timeout=self.cfg.qmp_timeout))
 
-    def netdev(self, incoming: bool) -> dict[str, Any]:
-        """netdev_add's arguments, in the interface this QEMU speaks."""
-        netdev: dict[str, Any] = {"type": "tap", "id": "net0", "queues": self.cfg.queues,
-                                  "script": "no", "downscript": "no", "vhost": self.cfg.vhost}
-        if self.caps.interface == "final":
-            netdev[str(self.caps.tap_local_option)] = self.local
-        if self.local and incoming:
-            # The fds arrive with the migration stream and carry the TAP's identity. v12
-            # silently ignores ifname/vnet_hdr here (reviewers asked for errors); the
-            # final interface has no incoming-fds and is told by `local` alone.
-            if self.caps.interface == "v12":
-                netdev["incoming-fds"] = True
-        else:
-            netdev.update(ifname=self.target_tap() if incoming else self.host_tap,
-                          vnet_hdr=True)
-        return netdev
+    def netdev(self, incoming: bool, side: Side | None = None) -> dict[str, Any]:
+        """netdev_add's arguments, in the interface this side speaks."""
+        side = side or (self.target_side() if incoming else self.side())
+        return side.netdev(self.cfg.mode, self.cfg.queues, self.cfg.vhost,
+                           self.target_tap() if incoming else self.host_tap, incoming)
 
-    def nic(self) -> dict[str, Any]:
-        nic: dict[str, Any] = {"driver": "virtio-net-pci", "id": "nic0", "netdev": "net0",
-                               "bus": "pci.1", "mac": GUEST_MAC, "romfile": ""}
-        if self.cfg.queues > 1:
-            nic.update(mq=True, vectors=2 * self.cfg.queues + 2)
-        if self.caps.local_migration:  # v12's device property; gone in the final interface
-            nic["local-migration"] = self.local
-        return nic
+    def nic(self, side: Side | None = None) -> dict[str, Any]:
+        return (side or self.side()).nic(self.cfg.mode, self.cfg.queues, GUEST_MAC)
 
     def prepare_migration(self, vm: VM) -> None:
         """Capabilities, then `local`, before the TAP exists: the final interface needs
         that order and v12 accepts it."""
-        caps = [{"capability": "events", "state": True},
-                {"capability": "x-ignore-shared", "state": True}]
-        if self.cfg.pause_before_switchover:
-            caps.append({"capability": "pause-before-switchover", "state": True})
-        vm.cmd("migrate-set-capabilities", capabilities=caps)
-        if self.caps.local:  # Debian's 7.2 has no such parameter; upstream's test dies there
-            vm.cmd("migrate-set-parameters", local=self.local)
+        side = self.side(vm.binary)
+        vm.cmd("migrate-set-capabilities",
+               capabilities=side.migration_capabilities(self.cfg.pause_before_switchover))
+        if params := side.migration_parameters(self.cfg.mode):
+            vm.cmd("migrate-set-parameters", params)
 
     def start_vm(self, name: str, incoming: bool) -> VM:
         """A QEMU with the NIC on the right TAP, ready to boot or to receive."""
-        vm = self.launch(name, incoming)
+        side = self.target_side() if incoming else self.side()
+        vm = self.launch(name, incoming, side)
         self.prepare_migration(vm)
-        vm.cmd("netdev_add", self.netdev(incoming))
-        vm.cmd("device_add", self.nic())
+        vm.cmd("netdev_add", self.netdev(incoming, side))
+        vm.cmd("device_add", self.nic(side))
         return vm
 
     def guest_pings_host(self, vm: VM) -> None:

@@ -20,10 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.analysis import flows, handover, noise, ping
+from harness.analysis import flows, handover, noise, ping, ramblock
 from harness.analysis.downtime import Breakdown, HopMarks, breakdown, load_trace
 from harness.analysis.noise import FIX_NOISE, FIX_SAMPLES, Calibration, calibrate
-from harness.errors import CheckFailed, Inconclusive, InternalError, MigrationError, QEMUError
+from harness.errors import (
+    CheckFailed,
+    Inconclusive,
+    InternalError,
+    MigrationError,
+    QEMUError,
+    RamBlockMismatch,
+)
 from harness.host import tunfiles
 from harness.qemu.vm import VM
 from harness.run import traffic
@@ -63,6 +70,20 @@ def start_target(lab: Lab) -> VM:
     lab.target = lab.start_vm(target_name(lab), incoming=True)
     lab.target.cmd("migrate-incoming", uri=migration_uri(lab))
     return lab.target
+
+
+def check_ram_blocks(src: VM, dst: VM) -> dict[str, tuple[int, int]]:
+    """Both sides' RAM blocks, by name and size, must match before the guest's state is
+    sent: with x-ignore-shared only the shared RAM is skipped, and a ROM or firmware of
+    another size (a new firmware build, a NIC ROM) fails the target's load, or worse.
+    Refused while the guest still runs on the source, naming the block."""
+    hmp = {"command-line": "info ramblock"}
+    blocks = ramblock.parse(str(src.cmd("human-monitor-command", hmp)))
+    theirs = ramblock.parse(str(dst.cmd("human-monitor-command", hmp)))
+    if bad := ramblock.mismatch(blocks, theirs):
+        raise RamBlockMismatch(bad.describe(src.binary, dst.binary), bad.name,
+                               bad.source_size, bad.target_size)
+    return blocks
 
 
 def migration_uri(lab: Lab) -> str:
@@ -153,6 +174,7 @@ def measured_hop(lab: Lab, hop: Hop) -> None:
     cfg, src = lab.cfg, serving(lab)
     traces = lab.trace_log(src.name), lab.trace_log(target_name(lab))
     taps = lab.host_tap, lab.target_tap()
+    hop.sides = lab.side(src.binary), lab.target_side()
     if not lab.guest_servers:  # once per guest: its echo servers outlive a migration
         lab.queue_baseline = traffic.start_servers(lab, src)
         lab.guest_servers = True
@@ -161,7 +183,7 @@ def measured_hop(lab: Lab, hop: Hop) -> None:
         # after it: the probes see the host as it is while a QEMU starts, and the hop
         # saves a target's start-up. The settle time counts from the first ICMP reply.
         lab.notify("probing")
-        start_target(lab)
+        hop.ram_blocks = check_ram_blocks(src, start_target(lab))
         first = probes.wait_answering()
         time.sleep(max(0.0, cfg.settle_s - (time.time() - first)))
         probes.read_source(src)
@@ -187,15 +209,17 @@ def where_it_went(lab: Lab, hop: Hop, traces: tuple[Path, Path]
     """The ICMP hole, and the worst flow's, split into QEMU's checkpoints and the
     harness's own steps, from both QEMUs' traces (read once the source has quit)."""
     m, s, r = hop.migration, hop.switch, hop.resumed
-    if hop.icmp is None or m is None or r is None:
+    if hop.icmp is None or m is None or r is None or hop.sides is None:
         return None, None
     marks = HopMarks(r.stop, r.cont_sent, r.resume, m.src_completed, m.dst_completed,
                      s.start if s else None, s.end if s else None)
     untraced = None if lab.cfg.trace else "tracing was off for this run (Config.trace)"
-    traced = lab.cfg.trace and bool(lab.caps.trace)
-    src_log = load_trace(traces[0]) if traced else None
-    dst_log = load_trace(traces[1]) if traced else None
-    qemu = f"QEMU {lab.caps.version}"
+    src, dst = hop.sides
+    # Each side was traced with its own binary's events, and is read as such.
+    src_log = load_trace(traces[0]) if lab.cfg.trace and src.caps.trace else None
+    dst_log = load_trace(traces[1]) if lab.cfg.trace and dst.caps.trace else None
+    versions = dict.fromkeys((src.caps.version, dst.caps.version))
+    qemu = f"QEMU {' -> '.join(versions)}"
 
     def split(hole: tuple[float | None, float | None]) -> Breakdown | None:
         if hole[0] is None or hole[1] is None:

@@ -18,6 +18,7 @@ from harness.analysis.noise import Calibration
 from harness.analysis.queues import QueueCounts
 from harness.analysis.tcp_stream import TcpResult
 from harness.host.tunfiles import TunFile
+from harness.qemu.side import Side
 from harness.run.footprint import Footprint
 
 
@@ -113,6 +114,9 @@ class Hop:
 
     number: int  # 1 = the first migration after the boot
     started: str  # ISO-8601, UTC
+    sides: tuple[Side, Side] | None = None  # source and target: binaries, machine, firmware
+    # name -> (used, total) bytes, the same on both sides (harness.analysis.ramblock)
+    ram_blocks: dict[str, tuple[int, int]] = field(default_factory=dict)
     logs: HopLogs | None = None  # what the probes wrote, for the timeline
     migration: Migration | None = None
     switch: Switch | None = None

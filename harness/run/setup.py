@@ -16,7 +16,8 @@ from harness.guest.spec import Guest
 from harness.host.check import check_host
 from harness.host.reaper import reap_orphans
 from harness.qemu import accel
-from harness.qemu.capabilities import Capabilities, query_capabilities
+from harness.qemu.capabilities import Capabilities, capabilities_of
+from harness.qemu.side import Machine, check_pair, choose_machine
 from harness.run.config import Config
 from harness.vocabulary import MODES, Accel
 
@@ -26,12 +27,24 @@ MAX_FLOWS = 64
 
 @dataclass(frozen=True)
 class Setup:
-    """The settled facts a run starts from."""
+    """The settled facts a run starts from: each binary's capabilities, the guest, the
+    accelerator, and the machine both sides run."""
 
-    caps: Capabilities
+    caps: Capabilities  # the boot's binary (Config.qemu)
     guest: Guest
     accel: Accel
     accel_reason: str
+    machine: Machine
+    target_caps: Capabilities  # Config.target_qemu's, else the same as caps
+
+    @classmethod
+    def of(cls, cfg: Config, caps: Capabilities, guest: Guest, accel_name: Accel,
+           reason: str) -> Setup:
+        """The Setup of these settled facts, the target's capabilities and the machine
+        both sides run chosen here."""
+        target = capabilities_of(cfg.target_qemu) if cfg.target_qemu else caps
+        return cls(caps, guest, accel_name, reason,
+                   choose_machine(caps, target, accel_name, cfg.machine), target)
 
 
 def check_traffic(cfg: Config) -> None:
@@ -45,17 +58,20 @@ def check_traffic(cfg: Config) -> None:
                          "out of range; keep all flows together under 5000 requests/s")
 
 
-def check_variant(cfg: Config, caps: Capabilities) -> None:
-    """The variant asked for, refused in one line if this QEMU cannot run it."""
+def check_variant(cfg: Config, caps: Capabilities, target: Capabilities | None = None) -> None:
+    """The variant asked for, refused in one line if these QEMUs cannot run it."""
     if cfg.mode not in MODES:
         raise UsageError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
     if cfg.queues < 1 or cfg.queues > 16:
         raise UsageError(f"--queues {cfg.queues} is out of range; use 1 to 16")
-    if not caps.x_ignore_shared:
-        raise Unsupported(f"{caps.qemu} lacks the x-ignore-shared migration capability")
-    if cfg.mode == "local" and (missing := caps.missing_for_local()):
+    target = target or caps
+    for c in dict.fromkeys((caps, target)):
+        if not c.x_ignore_shared:
+            raise Unsupported(f"{c.qemu} lacks the x-ignore-shared migration capability")
+    if target is caps and cfg.mode == "local" and (missing := caps.missing_for_local()):
         raise Unsupported(f"{caps.qemu} ({caps.version}) cannot do local migration: "
                           f"missing {', '.join(missing)}")
+    check_pair(cfg.mode, caps, target)
     check_traffic(cfg)
     if cfg.vhost and caps.vhost_problem:
         raise Unsupported(f"vhost=on needs vhost-net: {caps.vhost_problem}")
@@ -63,8 +79,10 @@ def check_variant(cfg: Config, caps: Capabilities) -> None:
 
 def preflight(cfg: Config, caps: Capabilities | None = None) -> Capabilities:
     """Everything that can be refused before any resource exists, in one line."""
-    caps = caps or query_capabilities(cfg.qemu)
-    check_variant(cfg, caps)
+    caps = caps or capabilities_of(cfg.qemu)
+    target = capabilities_of(cfg.target_qemu) if cfg.target_qemu else caps
+    check_variant(cfg, caps, target)
+    choose_machine(caps, target, "tcg", cfg.machine)  # a type one side lacks: refused now
     check_host()
     return caps
 
@@ -77,7 +95,7 @@ def prepare(cfg: Config, log: Log, caps: Capabilities | None = None,
     reap_orphans()
     guest = guest or cfg.guest or build_embedded(cfg.cache, log)
     name, reason = accel.choose(cfg.accel, caps.qemu, guest, cfg.cache, log)
-    return Setup(caps, guest, name, reason)
+    return Setup.of(cfg, caps, guest, name, reason)
 
 
 def settle(cfg: Config, log: Log, setup: Setup | None = None) -> Setup:
@@ -85,5 +103,6 @@ def settle(cfg: Config, log: Log, setup: Setup | None = None) -> Setup:
     against its capabilities (no QEMU started), or one prepared here."""
     if setup is None:
         return prepare(cfg, log)
-    check_variant(cfg, setup.caps)
+    target = capabilities_of(cfg.target_qemu) if cfg.target_qemu else setup.caps
+    check_variant(cfg, setup.caps, target)
     return setup

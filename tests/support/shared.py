@@ -312,4 +312,4 @@ def setup_for(caps: Capabilities, guest: Guest, requested: AccelChoice, cache: P
     """The Setup every shared guest of one QEMU starts from, the accelerator chosen
     (its KVM probe cached) as a run chooses it."""
     name, reason = accel.choose(requested, caps.qemu, guest, cache, log=lambda _m: None)
-    return Setup(caps, guest, name, reason)
+    return Setup.of(Config(caps.qemu), caps, guest, name, reason)
