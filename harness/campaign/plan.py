@@ -49,6 +49,10 @@ class Plan:
     flows: int = 8
     tcp: TcpPattern = "sparse"
     all_queues: bool = True
+    # A live update per label: its runs (and chains' first hops) go from builds[label] to
+    # targets[label]; a label without one migrates its build to itself.
+    targets: dict[str, str] = field(default_factory=dict)
+    machine: str | None = None
 
     def iteration_numbers(self) -> Iterator[int]:
         its = itertools.count(1) if self.iterations is None else range(1, self.iterations + 1)
@@ -81,7 +85,8 @@ class Plan:
                 "iterations": self.iterations, "hops": self.hops, "duration_s": self.duration_s,
                 "accel": self.accel, "epsilon_ms": self.epsilon_ms, "shards": self.shard.count,
                 "vcpus": self.vcpus, "flows": self.flows, "tcp": self.tcp,
-                "all_queues": self.all_queues}
+                "all_queues": self.all_queues, "targets": dict(self.targets),
+                "machine": self.machine}
 
 
 def parse_modes(values: Sequence[str]) -> tuple[Mode, ...]:
@@ -156,9 +161,39 @@ def resolve_builds(qemus: Sequence[str]) -> dict[str, str]:
     return dict(zip(labels, paths, strict=True))
 
 
+def resolve_pairs(qemus: Sequence[str], pairs: Sequence[str], every: bool
+                  ) -> tuple[dict[str, str], dict[str, str]]:
+    """(builds, targets): --qemu alone, --pair A:B (repeatable), or --pairs all, every
+    ordered pair of two different --qemu. A pair's label is "A->B" of its binaries' labels."""
+    if every and len(qemus) < 2:
+        raise UsageError("--pairs all needs two --qemu or more")
+    if not qemus and not pairs:
+        raise UsageError("give --qemu PATH (repeatable) or --pair A:B")
+    if pairs and (qemus or every):
+        raise UsageError("give --qemu builds (and --pairs all) or --pair A:B pairs, not both")
+    wanted: list[tuple[str, str]] = []
+    for text in pairs:
+        src, sep, dst = text.partition(":")
+        if not sep or not src or not dst:
+            raise UsageError(f"--pair {text!r}: write SOURCE:TARGET, two QEMU binaries")
+        wanted.append((resolve_qemu(src), resolve_qemu(dst)))
+    if not pairs:
+        builds = resolve_builds(qemus)
+        if not every:
+            return builds, {}
+        wanted = [(a, b) for a in builds.values() for b in builds.values() if a != b]
+    paths = list(dict.fromkeys(p for pair in wanted for p in pair))
+    name = {path: label for label, path in resolve_builds(paths).items()}
+    builds, targets = {}, {}
+    for src, dst in dict.fromkeys(wanted):
+        label = f"{name[src]}->{name[dst]}"
+        builds[label], targets[label] = src, dst
+    return builds, targets
+
 def config(plan: Plan, mode: Mode, label: str, name: str) -> Config:
     """One run's Config: the plan's settings for this build and mode, its logs under runs/."""
-    return Config(qemu=plan.builds[label], mode=mode, accel=plan.accel, queues=plan.queues,
+    return Config(qemu=plan.builds[label], target_qemu=plan.targets.get(label),
+                  machine=plan.machine, mode=mode, accel=plan.accel, queues=plan.queues,
                   out=plan.out / "runs" / name, cache=plan.cache, guest=plan.guest,
                   epsilon_ms=plan.epsilon_ms, vcpus=plan.vcpus, flows=plan.flows, tcp=plan.tcp,
                   all_queues=plan.all_queues)

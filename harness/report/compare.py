@@ -103,8 +103,10 @@ def differences(base: Meta, cur: Meta) -> tuple[list[str], list[str]]:
 
 def _partner(b: Combination, base: list[Combination],
              cur: list[Combination]) -> Combination | None:
-    """Same mode and version (and path if versions repeat); else the only build on each side."""
-    same_mode = [c for c in cur if c.mode == b.mode]
+    """Same mode, the same kind of pair (a binary to itself, or an update between the same
+    versions) on the same machine type where both record one, and version (and path if
+    versions repeat); else the only build on each side."""
+    same_mode = [c for c in cur if c.mode == b.mode and _same_pair(b, c)]
     same_ver = [c for c in same_mode if c.qemu_version == b.qemu_version]
     for cands in ([c for c in same_ver if c.qemu == b.qemu], same_ver):
         if len(cands) == 1:
@@ -115,6 +117,15 @@ def _partner(b: Combination, base: list[Combination],
 
 
 Move = Literal["worse", "better", "same"]
+
+
+def _same_pair(b: Combination, c: Combination) -> bool:
+    """An A -> B update is judged against A -> B only, never against A -> A."""
+    if bool(b.target_qemu) != bool(c.target_qemu):
+        return False
+    if b.target_qemu and b.target_qemu_version != c.target_qemu_version:
+        return False
+    return not (b.machine and c.machine and b.machine != c.machine)
 
 
 def _judge(b: Summary, c: Summary, threshold: float) -> tuple[Move, str]:

@@ -93,6 +93,11 @@ class Combination:
     # report has none.
     inconclusive: Outcomes = field(default_factory=Outcomes)
     counts: dict[str, Count] = field(default_factory=dict)  # COUNTED; empty in older reports
+    # A live update's target binary ("" for a binary migrated to itself), and the machine
+    # type both sides ran ("" in older reports).
+    target_qemu: str = ""
+    target_qemu_version: str = ""
+    machine: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Combination:

@@ -97,14 +97,14 @@ def _diff(label_: str, num: Combination, den: Combination, key: str,
 
 
 def differences(combos: Sequence[Combination],
-                groups: dict[tuple[str, str], list[RunRecord]]) -> list[PhaseDiff]:
+                groups: dict[str, list[RunRecord]]) -> list[PhaseDiff]:
     """local - new-TAP per key, for each build that ran both modes with breakdowns."""
     out = []
     for local in (c for c in combos if c.mode == "local" and c.breakdowns):
         for newtap in (c for c in combos if c.mode == "new-tap" and c.qemu == local.qemu
-                       and c.breakdowns):
-            a = run_figures(groups[(local.qemu, local.mode)])
-            b = run_figures(groups[(newtap.qemu, newtap.mode)])
+                       and c.target_qemu == local.target_qemu and c.breakdowns):
+            a = run_figures(groups[local.key])
+            b = run_figures(groups[newtap.key])
             out += [_diff(local.build, local, newtap, key, values(a, key), values(b, key))
                     for key in KEYS if key in local.phases or key in newtap.phases]
     return out

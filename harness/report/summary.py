@@ -64,27 +64,41 @@ def _outcomes(recs: list[RunRecord], status: str) -> Outcomes:
     return Outcomes(len(hit), dict(Counter(hit)))
 
 
-Groups = dict[tuple[str, str], list[RunRecord]]
+Groups = dict[str, list[RunRecord]]
+
+
+def combination_key(rec: RunRecord) -> str:
+    """mode@binary, or for a live update mode@source->target@machine: an upgrade, its
+    rollback and a binary migrated to itself are three combinations, never one."""
+    target = rec.target_qemu or rec.qemu
+    return f"{rec.mode}@{rec.qemu}" + (f"->{target}@{rec.machine}" if target != rec.qemu else "")
 
 
 def _groups(records: list[RunRecord]) -> Groups:
     groups: Groups = {}
     for rec in records:
-        groups.setdefault((rec.qemu, rec.mode), []).append(rec)
+        groups.setdefault(combination_key(rec), []).append(rec)
     return groups
 
 
 def combination_stats(records: list[RunRecord]) -> list[Combination]:
     """One entry per (qemu binary, mode), in the order the runs happened."""
     groups = _groups(records)
-    short = _short_paths(sorted({q for q, _ in groups}))
+    short = _short_paths(sorted({q for recs in groups.values() for r in recs[:1]
+                                 for q in (r.qemu, r.target_qemu or r.qemu)}))
     out = []
-    for (qemu, _), recs in groups.items():
+    for key, recs in groups.items():
+        qemu, target = recs[0].qemu, recs[0].target_qemu or recs[0].qemu
         version = ", ".join(sorted({r.qemu_version for r in recs}))
         ok = sum(r.status == "ok" for r in recs)
+        build, target_version = f"{version} ({short[qemu]})", ""
+        if target != qemu:
+            target_version = ", ".join(sorted({r.target_qemu_version for r in recs}))
+            build += f" -> {target_version} ({short[target]})"
         out.append(Combination(
-            key=f"{recs[0].mode}@{qemu}", qemu=qemu, qemu_version=version, mode=recs[0].mode,
-            build=f"{version} ({short[qemu]})", runs=len(recs), ok=ok,
+            key=key, qemu=qemu, qemu_version=version, mode=recs[0].mode,
+            target_qemu=target if target != qemu else "", target_qemu_version=target_version,
+            machine=recs[0].machine, build=build, runs=len(recs), ok=ok,
             failed=_outcomes(recs, "failed"), unsupported=_outcomes(recs, "unsupported"),
             inconclusive=_outcomes(recs, "inconclusive"),
             metrics={m: summarize(v := _values(recs, m), ok - len(v))
@@ -126,7 +140,7 @@ def _pair(a: Combination, b: Combination) -> tuple[Combination, Combination, str
     modes sharing a build; None for combinations that differ in both."""
     if a.mode == b.mode:
         return b, a, f"{b.build} / {a.build}, {a.mode}"
-    if a.qemu == b.qemu:
+    if a.qemu == b.qemu and a.target_qemu == b.target_qemu:
         num, den = (a, b) if a.mode == "local" else (b, a)
         return num, den, f"{num.mode} / {den.mode}, {a.build}"
     return None
@@ -142,8 +156,8 @@ def ratios(records: list[RunRecord], combos: list[Combination]) -> list[Ratio]:
                 continue
             num, den, label = pair
             for metric in JUDGED:
-                nv = _values(groups[(num.qemu, num.mode)], metric)
-                dv = _values(groups[(den.qemu, den.mode)], metric)
+                nv = _values(groups[num.key], metric)
+                dv = _values(groups[den.key], metric)
                 if not nv or not dv:
                     continue  # a side that never ran (unsupported, all failed): no ratio
                 defined = statistics.median(dv) > 0
@@ -206,11 +220,11 @@ def build_report(records: list[RunRecord], meta: dict[str, str], partial: bool,
     blackouts went (per phase, and local - new-TAP), and their chains."""
     combos = combination_stats(records)
     series: dict[str, list[Point]] = {}
-    for (qemu, mode), recs in _groups(records).items():
+    for key, recs in _groups(records).items():
         pts = [Point(r.iteration if r.iteration is not None else i, r.blackout_ms,
                      r.downtime_ms, r.flow_blackout_ms)
                for i, r in enumerate(recs, 1) if r.status == "ok"]
-        series[f"{mode}@{qemu}"] = sorted(pts, key=lambda p: p.iteration)
+        series[key] = sorted(pts, key=lambda p: p.iteration)
     return Report(partial=partial, meta=_meta(records, meta), combinations=combos,
                   ratios=ratios(records, combos), series=series,
                   chains=chain_summaries(records), notes=notes or [],
