@@ -5,7 +5,6 @@ fails in one line up front, not once in every run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 
 from harness.campaign.plan import Plan
 from harness.errors import Unsupported
@@ -15,8 +14,7 @@ from harness.qemu import accel
 from harness.qemu.capabilities import capabilities_of
 from harness.run.config import Config
 from harness.run.setup import Setup, check_variant
-
-Log = Callable[[str], None]
+from harness.vocabulary import Log
 
 
 def preflight(plan: Plan, log: Log) -> dict[str, Setup]:
