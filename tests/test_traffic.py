@@ -311,4 +311,5 @@ def test_a_guest_without_the_helper_is_refused_in_one_line(
     assert rec.failure is not None and rec.failure["kind"] == "Unsupported"
     assert rec.status == "unsupported", rec.error
     assert rec.error == ("guest embedded-without-helper has no tapmig-guest, which the "
-                         "traffic checks need: use the embedded guest, or --flows 0")
+                         "traffic checks need: use the embedded guest, or --flows 0 "
+                         "--no-all-queues")
