@@ -96,11 +96,12 @@ class Lab:
         return Side(caps, self.setup.machine, own or FIRMWARE_DIRS)
 
     def target_side(self) -> Side:
-        """The next hop's target: the other binary of the pair than the one serving (the
-        same one without a target_qemu), so a chain alternates upgrade and rollback."""
+        """The next hop's target: the other binary of the pair than the one serving, so a
+        chain alternates upgrade and rollback; target_qemu while neither serves (and the
+        same binary without a target_qemu)."""
         pair = self.cfg.qemu, self.cfg.target_qemu or self.cfg.qemu
         serving = self.source.binary if self.source is not None else pair[0]
-        return self.side(pair[1] if serving == pair[0] else pair[0])
+        return self.side(pair[0] if serving == pair[1] else pair[1])
 
     def vm_args(self, incoming: bool, name: str = "", side: Side | None = None) -> list[str]:
         side = side or (self.target_side() if incoming else self.side())
