@@ -16,13 +16,14 @@ import pytest
 
 from harness.guest.spec import Guest
 from harness.qemu import accel
-from harness.qemu.capabilities import Capabilities
+from harness.qemu.capabilities import Capabilities, capabilities_of
 from harness.record import RunRecord
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer
 from harness.run.setup import Setup
-from harness.testing.plugin import ACCEL_DEST, QEMU_DEST, accel_default, kept
+from harness.testing.plugin import ACCEL_DEST, QEMU_DEST, accel_default, kept, qemus
+from harness.testing.require import missing
 from harness.vocabulary import ACCEL_CHOICES, AccelChoice
 from tests.support import skip_unless_local
 from tests.support.shared import Hopper, Key, SharedGuest, setup_for
@@ -43,6 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="this suite's short --tapmig-qemu; write --qemu=PATH")
     group.addoption("--accel", default=accel_default(), choices=ACCEL_CHOICES, dest=ACCEL_DEST,
                     help="this suite's short --tapmig-accel")
+    group.addoption("--variant", action="append", default=[], dest="tapmig_variants",
+                    metavar="NAME=PATH",
+                    help="a QEMU variant built by ci/build-qemu --variants (its NAME PATH "
+                         "lines), for tests/test_variants.py; repeat")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,6 +130,36 @@ def hop(booted: SharedGuest, tapmig_keep_record: Callable[[RunRecord], None]) ->
         return rec
 
     return run
+
+
+@pytest.fixture(scope="session")
+def series_qemu(request: pytest.FixtureRequest) -> Capabilities:
+    """The first --qemu that speaks the series: the base the variants were built on."""
+    said = []
+    for qemu in qemus(request.config):
+        caps = capabilities_of(qemu)
+        if caps.interface != "none":
+            return caps
+        said.append(f"{qemu}: {caps.verdict()}")
+    missing(request.config, "series", "no --qemu speaks the local-migration series: "
+            + "; ".join(said))
+
+
+@pytest.fixture(scope="session")
+def qemu_variant(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """The binary of a variant given with --variant NAME=PATH; missing, it skips (it fails
+    where the run requires variants)."""
+    given: dict[str, str] = {name: path for name, _, path in
+                             (v.partition("=") for v in request.config.getoption(
+                                 "tapmig_variants"))}
+
+    def find(name: str) -> str:
+        if not given.get(name):
+            missing(request.config, "variants", f"no --variant {name}=PATH: build it with "
+                    f"ci/build-qemu --variants and pass its line (ci/test does)")
+        return given[name]
+
+    return find
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ one into a failure that names it, checked once before any test runs:
     guest   the embedded guest builds (or is cached)
     root    root with network namespaces, nsenter and a usable /dev/net/tun
     series  at least one --tapmig-qemu speaks the local-migration series (v12 or final)
+    variants  the QEMU variants a suite asks for by name were given to it (tapmig's own
+            suite: --variant NAME=PATH, from ci/build-qemu --variants); checked by the
+            fixture that asks, as only the suite knows their names
 
 What is really absent on a host (vhost-net, or the series on Debian's QEMU while
 another --tapmig-qemu has it) stays a skip that names it.
@@ -30,7 +33,7 @@ from harness.host import rootless
 from harness.host.devices import tun_problem
 from harness.qemu.capabilities import query_capabilities
 
-Need = Literal["guest", "root", "series"]
+Need = Literal["guest", "root", "series", "variants"]
 NEEDS: tuple[Need, ...] = get_args(Need)
 ENV = "TAPMIG_REQUIRE"
 REQUIRED = pytest.StashKey[frozenset[Need]]()
@@ -97,6 +100,7 @@ def problems(needs: frozenset[Need], qemus: Iterable[str]) -> list[str]:
         "root": lambda: host_problem(need_tun=True),
         "guest": guest_problem,
         "series": lambda: series_problem(qemus),
+        "variants": lambda: None,
     }
     return [f"{need}: {why}" for need in NEEDS if need in needs
             if (why := checks[need]()) is not None]

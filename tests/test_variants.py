@@ -1,0 +1,135 @@
+"""tapmig catches what it claims to catch, on real QEMU code: each QEMU variant of
+qemu-variants/ (one small patch on the series, built by ci/build-qemu --variants and
+given with --variant NAME=PATH) runs the hop that must catch it.
+
+A variant that breaks the target's side is the target of one hop from the shared local
+guest of the series' build; one that changes the stream or the source runs on both
+sides, as a whole run or a chain; an improvement and a slowdown are chains that
+`compare` judges against a chain of the base.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.guest.spec import Guest
+from harness.qemu.capabilities import Capabilities
+from harness.record import RunRecord
+from harness.run.config import Config
+from harness.testing.plugin import RunFactory
+from harness.vocabulary import AccelChoice
+from tests.support import call_tapmig
+from tests.support.shared import Hopper, Key, SharedGuest, on
+
+pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
+
+Variant = Callable[[str], str]
+# Chains of ICMP alone (each hop about a second), so that the lost requests between STOP
+# and RESUME are the ICMP prober's: about 0.7 a hop on the base here.
+CHAIN = ("--mode", "local", "--flows", "0", "--tcp", "off", "--no-all-queues")
+BASE_HOPS, QUIET_HOPS, SLOW_HOPS = 16, 16, 4
+
+
+def failure(rec: RunRecord) -> dict[str, Any]:
+    assert rec.status == "failed", f"the variant passed: {rec.status} {rec.error}"
+    assert isinstance(rec.failure, dict)
+    return rec.failure
+
+
+@pytest.mark.spends_guest
+@on(Key("local", queues=4))
+def test_a_target_that_reopens_the_tap_fails_the_handover(
+        booted: SharedGuest, hop: Hopper, qemu_variant: Variant) -> None:
+    """reopen-tap: the target opens tap0's queues by name and closes the received fds.
+    The same TAP, its ifindex and traffic: only the files' identity (kcmp) tells."""
+    rec = hop(target_qemu=qemu_variant("reopen-tap"))
+    f = failure(rec)
+    assert (f["kind"], f["check"], f["found"], f["queue"], f["tap"]) == (
+        "HandoverFailed", "handover", "reopened", 0, "tap0")
+    queues = rec.checks["handover"]["queues"]
+    assert [q["found"] for q in queues] == ["reopened"] * 4
+    assert rec.target_qemu == qemu_variant("reopen-tap")
+    assert rec.blackout_ms is not None  # the network itself came back
+    booted.spend()  # a variant serves it now
+
+
+@pytest.mark.spends_guest
+@on(Key("local", queues=4))
+def test_a_target_whose_rx_stays_dead_fails_a_flow(
+        booted: SharedGuest, hop: Hopper, qemu_variant: Variant) -> None:
+    """dead-rx: the target never polls the received fds, so nothing reaches the guest."""
+    rec = hop(target_qemu=qemu_variant("dead-rx"), flows=8, recover_timeout=2.0)
+    f = failure(rec)
+    assert (f["kind"], f["check"]) == ("CheckFailed", "flows")
+    # The files were handed over: what broke is after them.
+    assert [q["found"] for q in rec.checks["handover"]["queues"]] == ["handed"] * 4
+
+
+def test_a_source_that_hands_over_only_live_queues_fails_naming_the_first_missing(
+        tapmig_run: RunFactory, series_qemu: Capabilities, qemu_variant: Variant,
+        tapmig_guest: Guest, tapmig_accel: AccelChoice) -> None:
+    """idle-queue-no-fd: with one vCPU the guest uses queue pair 0 only, and the source
+    sends that fd alone (its stream format changed, so it runs on both sides)."""
+    variant = qemu_variant("idle-queue-no-fd")
+    rec = tapmig_run(Config(qemu=variant, mode="local", queues=4, guest=tapmig_guest,
+                            accel=tapmig_accel))
+    f = failure(rec)
+    assert (f["kind"], f["found"], f["queue"]) == ("HandoverFailed", "missing", 1)
+    assert [q["found"] for q in rec.checks["handover"]["queues"]] == [
+        "handed", "missing", "missing", "missing"]
+
+
+def chain(qemu: str, hops: int, out: Path) -> dict[str, Any]:
+    """`tapmig measure --chain` in this process: one boot, `hops` local hops."""
+    done = call_tapmig("measure", "--qemu", qemu, *CHAIN, "--chain", str(hops),
+                       "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert isinstance(report, dict)
+    return report
+
+
+def compare(base: Path, current: Path) -> dict[str, Any]:
+    done = call_tapmig("compare", "--baseline", str(base / "report.json"),
+                       "--current", str(current / "report.json"), "--json")
+    verdict = json.loads(done.stdout)
+    assert isinstance(verdict, dict)
+    assert done.returncode == (1 if verdict["verdict"] == "REGRESSED" else 0)
+    return verdict
+
+
+@pytest.fixture(scope="module")
+def base_chain(series_qemu: Capabilities, tmp_path_factory: pytest.TempPathFactory,
+               tapmig_root_with_tun: None) -> Path:
+    """The series' build itself: the baseline both judged variants are compared with."""
+    out = tmp_path_factory.mktemp("base") / "chain"
+    chain(series_qemu.qemu, BASE_HOPS, out)
+    return out
+
+
+def test_a_slow_device_load_regresses_the_blackout_in_its_phase(
+        base_chain: Path, qemu_variant: Variant, tmp_path: Path) -> None:
+    """slow-load: 30 ms of sleep in virtio-net's load on the target."""
+    chain(qemu_variant("slow-load"), SLOW_HOPS, tmp_path / "slow")
+    verdict = compare(base_chain, tmp_path / "slow")
+    assert verdict["verdict"] == "REGRESSED"
+    [blackout] = [j for j in verdict["judgements"] if j["metric"] == "blackout_ms"]
+    assert blackout["regressed"] and blackout["phase"] == "transfer_and_load"
+
+
+def test_a_source_that_stops_reading_the_tap_improves_the_loss(
+        base_chain: Path, qemu_variant: Variant, tmp_path: Path) -> None:
+    """quiet-stopped-source: what arrives while the VM is stopped waits in the TAP for
+    the target instead of being read and dropped by the stopped source."""
+    report = chain(qemu_variant("quiet-stopped-source"), QUIET_HOPS, tmp_path / "quiet")
+    verdict = compare(base_chain, tmp_path / "quiet")
+    assert verdict["verdict"] == "IMPROVED", verdict["lines"]
+    [loss] = [j for j in verdict["judgements"] if j["metric"] == "lost_in_window"]
+    assert loss["improved"] and not loss["regressed"]
+    counts = report["combinations"][0]["counts"]["lost_in_window"]
+    assert counts["runs"] == QUIET_HOPS
