@@ -4,6 +4,7 @@ reports, and compare's IMPROVED verdict (harness.report.stats, harness.report.co
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from harness.cli.main import main
 from harness.record import RunRecord
 from harness.report.compare import compare
 from harness.report.model import Report
+from harness.report.render import render_markdown
 from harness.report.stats import rate_ci, rate_test
 from harness.report.summary import build_report, write_report
 from tests.support.records import record
@@ -95,3 +97,16 @@ def test_an_older_report_without_counts_is_judged_on_the_rest() -> None:
     old = Report.from_json(data)
     verdict = compare(old, base, threshold=0.1)
     assert "lost_in_window" not in [j.metric for j in verdict.judgements]
+
+
+def test_the_report_shows_the_loss_and_an_update_matrix() -> None:
+    """The loss per run with its interval in the main table, and a live update's pairs in
+    a table of their own."""
+    plain = hops([1, 0, 1, 0])
+    update = [replace(r, target_qemu="/opt/b/qemu-system-x86_64", target_qemu_version="10.2.3",
+                      machine="pc-q35-9.2") for r in hops([0, 0, 1, 0])]
+    md = render_markdown(build_report(plain + update, {}, partial=False))
+    assert "| 0.5 [0.06, 1.81] |" in md
+    [row] = [line for line in md.splitlines() if line.startswith("| 9.0.0 (a/qemu") and
+             " -> 10.2.3 " in line and "pc-q35-9.2" in line]
+    assert "| local | 4 |" in row and "0.25 [0.01, 1.39]" in row

@@ -153,9 +153,9 @@ def test_markdown_table_has_the_numbers() -> None:
     ci = combo(four_combinations(), "local").metrics["blackout_ms"].ci
     assert ci is not None
     assert rows[0] == (f"| 9.0.0 (a/build/qemu-system-x86_64) | local | 5 | 21.0 "
-                       f"[{ci[0]:.1f}, {ci[1]:.1f}] | 25.0 | 10.2 | 20.0 | 1 |")
+                       f"[{ci[0]:.1f}, {ci[1]:.1f}] | 25.0 | 10.2 | 20.0 | 1 | — |")
     assert rows[3].startswith("| 9.1.0 (b/build/qemu-system-x86_64) | new-tap | 5 | 85.0 [")
-    assert rows[3].endswith("| 88.0 | 42.5 | 84.0 | 1 |")
+    assert rows[3].endswith("| 88.0 | 42.5 | 84.0 | 1 | — |")
     assert md.startswith("# tapmig report\n")
     assert "QEMU 9.0.0 (/opt/a/build/qemu-system-x86_64); 9.1.0" in md
     assert "accel kvm; guest debian-12; host kernel 6.1.0-21; date 2024-06-01T10:01:00Z" in md

@@ -7,8 +7,9 @@ import html
 import math
 import random
 
-from harness.report import chain_summary, phase_render, units
+from harness.report import chain_summary, phase_render, phases, units
 from harness.report.model import (
+    COUNTED,
     JUDGED,
     TRAFFIC_JUDGED,
     TRAFFIC_METRICS,
@@ -20,7 +21,8 @@ from harness.report.model import (
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 JITTER_SEED = 20240601  # the same report always draws the same picture
 TABLE_HEAD = ("build", "mode", "n", "blackout median ms [95% CI]", "blackout p95 ms",
-              "QMP downtime median ms", "STOP→RESUME median ms", "lost median")
+              "QMP downtime median ms", "STOP→RESUME median ms", "lost median",
+              "lost STOP→RESUME per run [95% CI]")
 
 
 def _cell(x: float | None) -> str:
@@ -39,7 +41,35 @@ def _rows(report: Report) -> list[tuple[str, ...]]:
         b, lost = m["blackout_ms"], m["lost"].median
         rows.append((c.build, c.mode, str(b.n), f"{_cell(b.median)} {ci_text(b.ci)}",
                      _cell(b.p95), _cell(m["downtime_ms"].median),
-                     _cell(m["stop_resume_ms"].median), "—" if lost is None else f"{lost:g}"))
+                     _cell(m["stop_resume_ms"].median), "—" if lost is None else f"{lost:g}",
+                     _loss(c)))
+    return rows
+
+
+def _loss(c: Combination) -> str:
+    """ICMP's (and the flows') requests lost between STOP and RESUME, as a rate per run
+    with its exact interval: local migration promises none."""
+    parts = [f"{n.rate:g} {ci_text(n.ci, 2)}" + ("" if metric == "lost_in_window" else
+                                                   " flows")
+             for metric in COUNTED if (n := c.counts.get(metric)) is not None]
+    return "; ".join(parts) or "—"
+
+
+UPDATE_HEAD = ("pair", "machine", "mode", "n", "blackout median ms [95% CI]",
+               "lost STOP→RESUME per run [95% CI]", "largest phase")
+
+
+def _update_rows(report: Report) -> list[tuple[str, ...]]:
+    """The upgrade/rollback matrix: one row per pair (source -> target) and mode."""
+    rows: list[tuple[str, ...]] = []
+    for c in (c for c in report.combinations if c.target_qemu):
+        b = c.metrics["blackout_ms"]
+        phased = [(s.median, k) for k, s in c.phases.items()
+                  if s.median is not None and k in phases.ORDER]
+        top = max(phased, default=None)
+        rows.append((c.build, c.machine or "—", c.mode, str(b.n),
+                     f"{_cell(b.median)} {ci_text(b.ci)}", _loss(c),
+                     "—" if top is None else f"{top[1]} {top[0]:.1f} ms"))
     return rows
 
 
@@ -120,6 +150,10 @@ def render_markdown(report: Report) -> str:
         lines += ["", "Traffic across the migration (UDP flows, TCP connection):", "",
                   row(TRAFFIC_HEAD), "|" + "---|" * 2 + "--:|" * (len(TRAFFIC_HEAD) - 2)]
         lines += [row(r) for r in traffic]
+    if updates := _update_rows(report):
+        lines += ["", "Live updates (source -> target, on one machine type):", "",
+                  row(UPDATE_HEAD), "|" + "---|" * 3 + "--:|" * 3 + "---|"]
+        lines += [row(r) for r in updates]
     lines += phase_render.markdown(report)
     if links := _timeline_links(report):
         lines += ["", "Timelines:"] + [f"- [{label}]({path})" for label, path in links]
@@ -250,6 +284,15 @@ def _traffic_html(report: Report) -> str:
     return "".join(parts)
 
 
+def _updates_html(report: Report) -> str:
+    if not (rows := _update_rows(report)):
+        return ""
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in UPDATE_HEAD)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<h2>Live updates</h2><table><tr>{head}</tr>{body}</table>"
+
+
 def render_html(report: Report) -> str:
     """One file with inline SVG and no scripts, so it opens offline from a CI artifact."""
     ratio_lines, gaps = _notes(report)
@@ -268,7 +311,7 @@ def render_html(report: Report) -> str:
         ".kind-harness-time td{background:#fdf1df} .kind-residual td{background:#fbe3e1}",
         f"</style></head><body><h1>{esc(_title(report))}</h1>",
         banner if report.partial else "", f"<p>{esc(context(report))}</p>",
-        f"<table><tr>{head}</tr>{body}</table>", _traffic_html(report),
+        f"<table><tr>{head}</tr>{body}</table>", _updates_html(report), _traffic_html(report),
         phase_render.html_section(report),
         _svg_iterations(report),
         _svg_distribution(report), "<h2>Ratios of medians [95% bootstrap CI]</h2><ul>",
