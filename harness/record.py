@@ -44,6 +44,9 @@ class RunRecord:
     # What failed, as the error's class and attributes (side, status, check ...), so
     # that tests and tools never parse the message.
     failure: dict[str, Any] | None = None
+    # What `tapmig run` exits with: the error class's own code (harness.errors), 130 for
+    # an interrupt, 0 when ok. An older record has none, and reads as 0 only when ok.
+    exit_code: int | None = None
     interface: Interface = "none"  # which interface of the series the QEMU speaks
     # The target's binary, when a live update migrates to another one (else the same as
     # qemu); an older record has "", which means the same binary.

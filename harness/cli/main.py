@@ -1,4 +1,5 @@
-"""The `tapmig` command: dispatch, one-line errors and exit codes (listed in cli_parser)."""
+"""The `tapmig` command: dispatch, one-line errors, and exit codes from the error classes
+(harness.errors; `tapmig --help` lists them)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from harness.campaign.trace_cost import bench_trace
 from harness.cli.parser import parser
 from harness.errors import (
     EXIT_INTERRUPTED,
-    Inconclusive,
+    InternalError,
     TapmigError,
     Unsupported,
     UsageError,
@@ -66,9 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps(rec.to_json(), indent=2) if args.json else format_record(rec))
     if rec.status != "ok":
         print_error(rec.error or "unknown failure")
-        return {"unsupported": Unsupported.exit_code,
-                "inconclusive": Inconclusive.exit_code}.get(rec.status, TapmigError.exit_code)
-    return 0
+    if rec.exit_code is None:
+        raise InternalError("a run's record came back without its exit code")
+    return rec.exit_code
 
 
 def print_error(message: str) -> None:
@@ -156,7 +157,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         _log(f"interrupted: PARTIAL report of the {len(outcome.records)} "
                            f"finished runs written; records in {args.out / 'records'}")
-    elif outcome.exit_code == 2:
+    elif outcome.exit_code == Unsupported.exit_code:
         _log("error: no combination is supported by the given builds; "
                            "nothing was measured")
     elif outcome.inconclusive is not None:

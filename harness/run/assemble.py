@@ -10,7 +10,7 @@ import platform
 from dataclasses import dataclass, replace
 from typing import Any
 
-from harness.errors import Inconclusive, TapmigError, Unsupported
+from harness.errors import EXIT_INTERRUPTED, Inconclusive, TapmigError, Unsupported
 from harness.record import RunRecord
 from harness.run.config import Config
 from harness.run.results import Hop
@@ -35,14 +35,15 @@ def _outcome(error: BaseException | None, hop: int) -> dict[str, Any]:
     """status, error and failure: the error's class and its plain attributes, so that
     tests and tools never parse the message."""
     if error is None:
-        return {"status": "ok"}
+        return {"status": "ok", "exit_code": 0}
     if isinstance(error, TapmigError):
         attrs = {k: v for k, v in vars(error).items() if isinstance(v, (str, int, float))}
         status = ("unsupported" if isinstance(error, Unsupported) else
                   "inconclusive" if isinstance(error, Inconclusive) else "failed")
-        return {"status": status, "error": str(error),
+        return {"status": status, "error": str(error), "exit_code": error.exit_code,
                 "failure": {"kind": type(error).__name__, **attrs}}
     return {"status": "failed", "failure": {"kind": "Interrupted"},
+            "exit_code": EXIT_INTERRUPTED,
             "error": f"interrupted (SIGINT or SIGTERM) during hop {hop}"}
 
 
