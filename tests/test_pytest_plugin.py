@@ -26,6 +26,12 @@ def test_qemus(tapmig_qemu, tapmig_accel):
     print("QEMU", tapmig_qemu, tapmig_accel)
 
 
+def test_pair(tapmig_pair):
+    cfg = tapmig_pair.config(mode="new-tap")
+    print("PAIR", tapmig_pair.source.version, "->", tapmig_pair.target.version,
+          cfg.qemu, cfg.target_qemu)
+
+
 @pytest.fixture(scope="module")
 def spawned():
     """Children a test leaves running, killed only after every test's teardown."""
@@ -86,6 +92,20 @@ def test_each_qemu_is_a_parameter_and_accel_passes_through(project: Path) -> Non
     bare = pytest_in(project, "-k", "qemus", "--qemu=/a/qemu")
     assert bare.returncode == pytest.ExitCode.USAGE_ERROR
     assert "unrecognized arguments: --qemu=/a/qemu" in bare.stderr
+
+
+def test_the_pair_is_each_qemu_to_the_target_qemu(project: Path,
+                                                 pytestconfig: pytest.Config) -> None:
+    """A live update's fixture: real capabilities of both binaries, a Config between them
+    (this suite's two --qemu: the first is the source, the second the target)."""
+    binaries = [query_capabilities(q) for q in qemus(pytestconfig)]
+    if len(binaries) < 2:
+        pytest.skip("one --qemu only: no second binary to be the target (ci/test gives two)")
+    old, new = binaries[:2]
+    done = pytest_in(project, "-s", "-k", "pair", f"--tapmig-qemu={old.qemu}",
+                     f"--tapmig-target-qemu={new.qemu}")
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert f"PAIR {old.version} -> {new.version} {old.qemu} {new.qemu}" in done.stdout
 
 
 def test_qemu_and_accel_default_to_the_environment(project: Path) -> None:

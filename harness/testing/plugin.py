@@ -3,7 +3,8 @@
 Options, each in tapmig's namespace, as the plugin loads into every pytest of the
 environment: `--tapmig-qemu PATH` (repeatable; default $TAPMIG_QEMU, an
 os.pathsep-separated list, or qemu-system-x86_64), `--tapmig-accel auto|kvm|tcg`
-(default $TAPMIG_ACCEL or auto), `--tapmig-records DIR`, `--tapmig-require
+(default $TAPMIG_ACCEL or auto), `--tapmig-target-qemu PATH` (a live update's target;
+default $TAPMIG_TARGET_QEMU), `--tapmig-records DIR`, `--tapmig-require
 guest,root,series` (default $TAPMIG_REQUIRE; see harness.testing.require: a missing
 prerequisite named there fails the run instead of skipping). Every test that asks
 for `tapmig_qemu` runs once per QEMU, or, marked `qemu_independent`, on the first one
@@ -11,6 +12,9 @@ only. Fixtures:
 
     tapmig_qemu           the QEMU binary under test (parametrized per --tapmig-qemu)
     tapmig_capabilities   what it can do, from QMP introspection (session-wide)
+    tapmig_pair           Pair(source, target): this QEMU and --tapmig-target-qemu (or
+                          itself), each with its capabilities; .config(...) migrates
+                          from one to the other
     tapmig_guest          the embedded guest, built once and cached
     tapmig_accel          the accelerator asked for: auto, kvm or tcg
     tapmig_run            a factory: Config -> RunRecord, kept in --tapmig-records
@@ -32,8 +36,9 @@ import itertools
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -43,7 +48,7 @@ from harness.guest.embedded import build_embedded
 from harness.guest.spec import Guest
 from harness.host.netns import Namespace
 from harness.host.rundir import SHM_DIR
-from harness.qemu.capabilities import Capabilities, query_capabilities
+from harness.qemu.capabilities import Capabilities, capabilities_of, query_capabilities
 from harness.record import RunRecord
 from harness.run import scenario
 from harness.run.config import Config
@@ -54,8 +59,8 @@ from harness.testing.leaks import Kept, children, stat_fields
 from harness.testing.require import host_problem, missing
 from harness.vocabulary import ACCEL_CHOICES, AccelChoice, as_accel_choice
 
-__all__ = ["ACCEL_DEST", "QEMU_DEST", "Kept", "RunFactory", "accel_default", "children", "kept",
-           "missing", "qemus", "stat_fields"]
+__all__ = ["ACCEL_DEST", "QEMU_DEST", "Kept", "Pair", "RunFactory", "accel_default", "children",
+           "kept", "missing", "qemus", "stat_fields"]
 KEPT = pytest.StashKey[Kept]()
 
 
@@ -76,6 +81,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="PATH",
                     help="QEMU binary under test; repeat to test several "
                          "(default: $TAPMIG_QEMU or qemu-system-x86_64)")
+    group.addoption("--tapmig-target-qemu", default=os.environ.get("TAPMIG_TARGET_QEMU"),
+                    metavar="PATH", dest="tapmig_target_qemu",
+                    help="a live update: the target QEMU of tapmig_pair, migrated to from "
+                         "each --tapmig-qemu (default: $TAPMIG_TARGET_QEMU, else the same)")
     group.addoption("--tapmig-accel", default=accel_default(), choices=ACCEL_CHOICES,
                     dest=ACCEL_DEST,
                     help="accelerator for guest-booting tests (default: $TAPMIG_ACCEL or auto)")
@@ -169,6 +178,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def tapmig_capabilities(tapmig_qemu: str) -> Capabilities:
     return query_capabilities(tapmig_qemu)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """tapmig_pair: the source and target binaries of a live update, each with its own
+    capabilities (the same binary twice without --tapmig-target-qemu)."""
+
+    source: Capabilities
+    target: Capabilities
+
+    def config(self, **fields: Any) -> Config:
+        """A Config migrating from the source to the target binary (a chain alternates)."""
+        return Config(qemu=self.source.qemu, target_qemu=self.target.qemu, **fields)
+
+
+@pytest.fixture(scope="session")
+def tapmig_pair(pytestconfig: pytest.Config, tapmig_capabilities: Capabilities) -> Pair:
+    """This --tapmig-qemu as the source, --tapmig-target-qemu (or itself) as the target."""
+    target = pytestconfig.getoption("tapmig_target_qemu")
+    return Pair(tapmig_capabilities,
+                capabilities_of(target) if target else tapmig_capabilities)
 
 
 @pytest.fixture(scope="session")
