@@ -47,6 +47,7 @@ class Plan:
     epsilon_ms: float | None = None  # None: the accelerator's (see harness.run.config)
     vcpus: int = 1  # traffic (harness.run.traffic): vCPUs, UDP flows, the TCP pattern
     flows: int = 8
+    flow_interval: float = 0.04  # seconds, each flow's
     tcp: TcpPattern = "sparse"
     all_queues: bool = True
     # A live update per label: its runs (and chains' first hops) go from builds[label] to
@@ -84,7 +85,8 @@ class Plan:
         return {"builds": list(self.builds), "modes": list(self.modes), "queues": self.queues,
                 "iterations": self.iterations, "hops": self.hops, "duration_s": self.duration_s,
                 "accel": self.accel, "epsilon_ms": self.epsilon_ms, "shards": self.shard.count,
-                "vcpus": self.vcpus, "flows": self.flows, "tcp": self.tcp,
+                "vcpus": self.vcpus, "flows": self.flows, "flow_interval": self.flow_interval,
+                "tcp": self.tcp,
                 "all_queues": self.all_queues, "targets": dict(self.targets),
                 "machine": self.machine}
 
@@ -195,5 +197,6 @@ def config(plan: Plan, mode: Mode, label: str, name: str) -> Config:
     return Config(qemu=plan.builds[label], target_qemu=plan.targets.get(label),
                   machine=plan.machine, mode=mode, accel=plan.accel, queues=plan.queues,
                   out=plan.out / "runs" / name, cache=plan.cache, guest=plan.guest,
-                  epsilon_ms=plan.epsilon_ms, vcpus=plan.vcpus, flows=plan.flows, tcp=plan.tcp,
+                  epsilon_ms=plan.epsilon_ms, vcpus=plan.vcpus, flows=plan.flows,
+                  flow_interval=plan.flow_interval, tcp=plan.tcp,
                   all_queues=plan.all_queues)

@@ -55,7 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                  target_qemu=args.target_qemu, machine=args.machine, firmware=args.firmware,
                  target_firmware=args.target_firmware,
                  queues=args.queues, vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
-                 flows=args.flows, tcp=args.tcp, all_queues=args.all_queues, ram_mib=args.ram,
+                 flows=args.flows, flow_interval=args.flow_interval / 1000, tcp=args.tcp,
+                 all_queues=args.all_queues, ram_mib=args.ram,
                  out=args.out, cache=args.cache,
                  epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout,
                  prober=args.prober)
@@ -144,7 +145,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
                          iterations=shape.iterations, out=args.out, accel=args.accel,
                          queues=args.queues, cache=args.cache,
                          vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
-                         flows=args.flows, tcp=args.tcp, all_queues=args.all_queues,
+                         flows=args.flows, flow_interval=args.flow_interval / 1000,
+                         tcp=args.tcp, all_queues=args.all_queues,
                          guest=resolve(spec, manifest, args.cache, _log), shard=shape.shard,
                          hops=shape.hops, duration_s=shape.duration_s,
                          epsilon_ms=args.epsilon_ms)

@@ -86,6 +86,8 @@ def _traffic(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flows", type=int, default=8,
                    help="UDP flows on distinct ports, spread over the TAP's queues; each must "
                         "recover (default 8; 0: none, and no per-queue check)")
+    p.add_argument("--flow-interval", type=float, default=40.0, metavar="MS",
+                   help="each flow's request interval in ms (default 40)")
     p.add_argument("--tcp", choices=TCP_PATTERNS, default="sparse",
                    help="a TCP connection across the migration: a message every 1 ms "
                         "(continuous) or 50 ms (sparse, default), or off")
