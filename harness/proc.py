@@ -18,6 +18,8 @@ from types import FrameType
 
 PREFIX = "tapmig-"
 PR_SET_PDEATHSIG = 1
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
 # What a user or a CI runner sends to stop a run; both end as KeyboardInterrupt.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -26,6 +28,21 @@ def die_with_parent() -> None:
     """preexec_fn: a child we start dies if tapmig is killed outright."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def fix_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold where it starts, so that every block of 128 KiB or more
+    is mapped on its own and gone from RSS once freed.
+
+    glibc raises the threshold to the size of each mapped block freed (up to 32 MiB),
+    and a block under it comes from the heap. Over a chain, a hop's large passing
+    blocks (probe logs, records) then land in the heap between blocks that live on,
+    and tapmig's RSS grows by the free pages the heap cannot give back, a few KiB a
+    hop. Setting the threshold turns that adjustment off. Nothing where the libc has
+    no mallopt."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def owner_pid(name: str) -> int | None:

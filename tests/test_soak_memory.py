@@ -17,6 +17,8 @@ import asyncio
 import gc
 import logging
 import os
+import subprocess
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -27,6 +29,7 @@ import pytest
 from harness.host.netns import Namespace
 from harness.qemu.monitor import QMP_LOGGER, Monitor
 from harness.qemu.vm import VM
+from tests.support import REPO
 
 pytestmark = pytest.mark.qemu_independent
 EMPTY = ["-machine", "none", "-nodefaults", "-display", "none", "-S"]
@@ -113,3 +116,37 @@ def test_link_lookups_leave_no_netlink_messages_behind(
         taps.reverse()
         assert ns.stats(taps[0]).ifindex == ns.index(taps[0])
     assert queue.qsize() == 0
+
+
+MMAP_AFTER_A_LARGE_FREE = """
+import ctypes, sys
+from harness.proc import fix_mmap_threshold
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+if sys.argv[1] == "fixed":
+    fix_mmap_threshold()
+passing = bytearray(4 << 20)  # mapped, as over any threshold; freed at once
+del passing
+before = libc.mallinfo2().hblkhd
+block = bytearray(256 << 10)
+print(libc.mallinfo2().hblkhd - before >= 256 << 10)
+"""
+
+
+@pytest.mark.parametrize(("threshold", "mapped"), [("glibc's", "False"), ("fixed", "True")])
+def test_a_block_after_a_large_one_is_freed_is_mapped_only_with_the_threshold_fixed(
+        threshold: str, mapped: str) -> None:
+    """glibc raises its mmap threshold to the size of a mapped block once it is freed, so
+    the next 256 KiB block comes from the heap, where freed it stays in RSS between
+    live blocks (over a chain, a few KiB a hop); with the threshold fixed, as tapmig
+    sets it (harness.proc.fix_mmap_threshold), it is mapped, and unmapped when freed."""
+    done = subprocess.run([sys.executable, "-c", MMAP_AFTER_A_LARGE_FREE, threshold],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == mapped

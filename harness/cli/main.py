@@ -31,6 +31,7 @@ from harness.errors import (
 from harness.guest import assets
 from harness.guest.embedded import build_embedded, resolve
 from harness.host import rootless
+from harness.proc import fix_mmap_threshold
 from harness.qemu.capabilities import query_capabilities
 from harness.report.compare import compare, parse_threshold
 from harness.report.render import render_markdown
@@ -295,6 +296,7 @@ NEEDS_NET_ADMIN = ("run", "measure", "bench")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    fix_mmap_threshold()
     signal.signal(signal.SIGTERM, _terminate)
     sys.unraisablehook = _redeliver
     try:
