@@ -4,8 +4,9 @@ given with --variant NAME=PATH) runs the hop that must catch it.
 
 A variant that breaks the target's side is the target of one hop from the shared local
 guest of the series' build; one that changes the stream or the source runs on both
-sides, as a whole run or a chain; an improvement and a slowdown are chains that
-`compare` judges against a chain of the base.
+sides, as a whole run; a slowdown is a chain that `compare` judges against a chain of
+the base. The improvement (quiet-stopped-source) has no test here: its effect on the
+loss did not reproduce on a busy host (qemu-variants/README.md).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from tests.support.shared import Hopper, Key, SharedGuest, on
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
 
 Variant = Callable[[str], str]
-# Chains of ICMP alone (each hop about a second), so that the lost requests between STOP
-# and RESUME are the ICMP prober's: about 0.7 a hop on the base here.
+# Chains of ICMP alone, each hop about a second: the base's blackout against the slow
+# load's, whose 30 ms sit in the target's device load.
 CHAIN = ("--mode", "local", "--flows", "0", "--tcp", "off", "--no-all-queues")
-BASE_HOPS, QUIET_HOPS, SLOW_HOPS = 16, 16, 4
+BASE_HOPS, SLOW_HOPS = 8, 4
 
 
 def failure(rec: RunRecord) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def compare(base: Path, current: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def base_chain(series_qemu: Capabilities, tmp_path_factory: pytest.TempPathFactory,
                tapmig_root_with_tun: None) -> Path:
-    """The series' build itself: the baseline both judged variants are compared with."""
+    """The series' build itself: the baseline a judged variant is compared with."""
     out = tmp_path_factory.mktemp("base") / "chain"
     chain(series_qemu.qemu, BASE_HOPS, out)
     return out
@@ -117,19 +118,6 @@ def test_a_slow_device_load_regresses_the_blackout_in_its_phase(
     """slow-load: 30 ms of sleep in virtio-net's load on the target."""
     chain(qemu_variant("slow-load"), SLOW_HOPS, tmp_path / "slow")
     verdict = compare(base_chain, tmp_path / "slow")
-    assert verdict["verdict"] == "REGRESSED"
+    assert verdict["verdict"] == "REGRESSED", verdict["lines"]
     [blackout] = [j for j in verdict["judgements"] if j["metric"] == "blackout_ms"]
     assert blackout["regressed"] and blackout["phase"] == "transfer_and_load"
-
-
-def test_a_source_that_stops_reading_the_tap_improves_the_loss(
-        base_chain: Path, qemu_variant: Variant, tmp_path: Path) -> None:
-    """quiet-stopped-source: what arrives while the VM is stopped waits in the TAP for
-    the target instead of being read and dropped by the stopped source."""
-    report = chain(qemu_variant("quiet-stopped-source"), QUIET_HOPS, tmp_path / "quiet")
-    verdict = compare(base_chain, tmp_path / "quiet")
-    assert verdict["verdict"] == "IMPROVED", verdict["lines"]
-    [loss] = [j for j in verdict["judgements"] if j["metric"] == "lost_in_window"]
-    assert loss["improved"] and not loss["regressed"]
-    counts = report["combinations"][0]["counts"]["lost_in_window"]
-    assert counts["runs"] == QUIET_HOPS

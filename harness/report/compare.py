@@ -236,8 +236,9 @@ def compare(baseline: Report, current: Report, threshold: float,
     lines += [f"not compared: {side} {x.mode} {x.build} has no counterpart"
               for side, cs in (("baseline", base), ("current", cur))
               for x in cs if id(x) not in matched]
-    if weak := sum(j.min_max_only for j in judgements):
-        lines.append(f"note: {weak} of {len(judgements)} verdicts rest on intervals that are "
+    medians = [j for j in judgements if j.metric not in COUNTED]  # counts rest on no interval
+    if weak := sum(j.min_max_only for j in medians):
+        lines.append(f"note: {weak} of {len(medians)} verdicts rest on intervals that are "
                      "just [min, max] of a few runs; more iterations would make them firmer")
     regressed = any(j.regressed for j in judgements)
     return Verdict(regressed, lines, judgements, found, unchecked, moved,

@@ -23,7 +23,10 @@ TRAFFIC_JUDGED = {"flow_blackout_ms": "worst-flow blackout", "tcp_stall_ms": "TC
 # Counts of rare events, judged as counts (a rate per run with an exact interval, and an
 # exact test between two reports), never as a median of small integers.
 COUNTED = {"lost_in_window": "ICMP lost STOP->RESUME",
-           "flow_lost_in_window": "flows lost STOP->RESUME"}
+           "flow_lost_in_window": "flows lost STOP->RESUME",
+           # Every ICMP request never answered: those in flight at STOP too, which a
+           # stopped source that still reads the TAP drops as well.
+           "lost": "ICMP lost"}
 UNKNOWN = "unknown"
 
 

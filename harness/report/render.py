@@ -51,7 +51,8 @@ def _loss(c: Combination) -> str:
     with its exact interval: local migration promises none."""
     parts = [f"{n.rate:g} {ci_text(n.ci, 2)}" + ("" if metric == "lost_in_window" else
                                                    " flows")
-             for metric in COUNTED if (n := c.counts.get(metric)) is not None]
+             for metric in COUNTED if metric != "lost"
+             and (n := c.counts.get(metric)) is not None]
     return "; ".join(parts) or "—"
 
 
