@@ -33,7 +33,7 @@ def kind(argv: str) -> str:
         return "kvm-probe"  # accel.probe_boot: can KVM boot the guest kernel
     if "-incoming" in argv:
         return "target"
-    if "-machine q35" in argv:
+    if "-machine q35" in argv or "-machine pc-q35-" in argv:  # the alias, or as resolved
         return "source"
     return f"other: {argv}"
 
