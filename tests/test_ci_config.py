@@ -400,6 +400,12 @@ def test_tests_and_measure_get_the_accelerator_and_the_outputs(gitlab_job: dict[
                         "--tapmig-qemu=/usr/bin/qemu-system-x86_64"} <= set(words)
             if Path(words[0]).name == "tapmig" and words[1] == "measure":
                 assert words[words.index("--accel") + 1] == "$TAPMIG_ACCEL"
+                if "--pair" in words:  # the live update: the distribution QEMU and back
+                    assert words[words.index("--pair") + 1] in (
+                        "/usr/bin/qemu-system-x86_64:$qemu_built",  # GitLab's name
+                        "/usr/bin/qemu-system-x86_64:$BUILT")  # GitHub's
+                    assert words[words.index("--out") + 1] == "out/live-update"
+                    continue
                 assert words[words.index("--mode") + 1] == "new-tap,local"
                 assert words[words.index("--iterations") + 1] == "$TAPMIG_ITERATIONS"
                 assert words[words.index("--out") + 1] == "out/measure"
