@@ -20,7 +20,7 @@ import pytest
 from harness.errors import Unsupported
 from harness.guest.spec import Guest
 from harness.qemu.capabilities import Capabilities, capabilities_of
-from harness.qemu.side import check_pair
+from harness.qemu.side import check_pair, choose_machine
 from harness.record import RunRecord
 from harness.report.summary import build_report
 from harness.run.config import Config
@@ -164,3 +164,17 @@ def test_an_update_is_never_judged_against_a_binary_migrated_to_itself(
     done = call_tapmig("compare", "--baseline", str(tmp_path / "same" / "report.json"),
                        "--current", str(tmp_path / "update" / "report.json"))
     one_line_error(done, "no combination in common", code=2)
+
+
+def test_the_common_machine_type_of_two_releases_is_the_older_ones_and_noted(
+        old_and_new: tuple[Capabilities, Capabilities]) -> None:
+    """From both binaries' own query-machines: the newest pc-q35 both offer, the CPU
+    model both keep, and a note where the newer release calls the type deprecated."""
+    old, new = old_and_new
+    machine = choose_machine(old, new, "tcg")
+    assert (machine.type, machine.cpu) == (old.q35_alias, "qemu64")
+    assert machine.type in new.q35_types
+    deprecated = [n for n in machine.notes if "deprecated" in n]
+    assert bool(deprecated) == (machine.type in new.deprecated)
+    same = choose_machine(new, new, "tcg")
+    assert (same.type, same.cpu) == (new.q35_alias, "max")

@@ -67,6 +67,9 @@ def _run(ctx: Context, hop: Hop, log: Log, observers: Sequence[Observer[Lab]],
     if ctx.setup is None:
         raise InternalError("a run started without its setup")
     log(f"accelerator: {ctx.setup.accel_reason}")
+    log(f"machine: {ctx.setup.machine.type}, CPU {ctx.setup.machine.cpu}")
+    for note in ctx.setup.machine.notes:
+        log(f"note: {note}")
     clock = PhaseClock()
     with ExitStack() as stack:
         lab = Lab(ctx.cfg, ctx.setup, stack, log, (clock, *observers), shm_dir)
