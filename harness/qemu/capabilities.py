@@ -182,8 +182,14 @@ def _capabilities(binary: str, stamp: tuple[int, int, int]) -> Capabilities:
 
 def capabilities_of(qemu: str) -> Capabilities:
     """A binary's capabilities, asked once per process for each build of it (its path,
-    size and mtime): the two sides of a live update, and every hop of a chain that
-    alternates them, share the answer."""
-    binary = resolve_qemu(qemu)
-    st = os.stat(binary)
-    return _capabilities(binary, (st.st_ino, st.st_size, st.st_mtime_ns))
+    inode, size and mtime): the two sides of a live update, and every hop of a chain
+    that alternates them, share the answer. A path that is no file gets
+    query_capabilities' own one-line error."""
+    path = shutil.which(qemu) if os.sep not in qemu else qemu
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
+        st = None
+    if path is None or st is None:
+        return query_capabilities(qemu)
+    return _capabilities(os.path.abspath(path), (st.st_ino, st.st_size, st.st_mtime_ns))
