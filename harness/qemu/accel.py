@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from harness import atomic
@@ -24,7 +23,7 @@ from harness.guest.spec import Guest
 from harness.host.devices import KVM, kvm_problem
 from harness.proc import PREFIX
 from harness.qemu.vm import VM
-from harness.vocabulary import Accel, AccelChoice, as_accel_choice
+from harness.vocabulary import Accel, AccelChoice, Log, as_accel_choice
 
 PROBE_TIMEOUT = 10.0
 
@@ -63,7 +62,7 @@ def probe_boot(qemu: str, guest: Guest, timeout: float = PROBE_TIMEOUT) -> str |
 
 
 def choose(requested: AccelChoice, qemu: str, guest: Guest, cache: Path,
-           log: Callable[[str], None] = print) -> tuple[Accel, str]:
+           log: Log = print) -> tuple[Accel, str]:
     """(accelerator, reason): why this run uses what it uses."""
     requested = as_accel_choice(requested)  # a typo'd TAPMIG_ACCEL is a one-line error
     if requested == "tcg":

@@ -33,7 +33,7 @@ from typing import NoReturn
 from harness import atomic
 from harness.cache import default_cache
 from harness.errors import EXIT_INTERRUPTED, TapmigError, UsageError
-from harness.qemu.source import Log, Source, expand_patches, inspect_source, log_stderr, sha256_file
+from harness.qemu.source import Source, expand_patches, inspect_source, log_stderr, sha256_file
 from harness.qemu.tree import PYTHON_DEPS, TARGET, Tree, elapsed, locked, meson_python, ninja
 from harness.qemu.variants import (
     BASE,
@@ -43,6 +43,7 @@ from harness.qemu.variants import (
     plan_variants,
     touched_files,
 )
+from harness.vocabulary import Log
 
 BUILD_RECIPE_VERSION = 1
 # x86_64 only and minimal, but with TCG, KVM, tap and vhost-net (shared/qemu/README.md).

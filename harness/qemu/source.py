@@ -18,12 +18,13 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from harness.errors import BuildInputError, HostError, UsageError
+from harness.vocabulary import Log
 
 TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
 PATCH_SUFFIXES = (".patch", ".mbox", ".diff")
@@ -31,7 +32,6 @@ _SKIP_NAMES = {".git", "__pycache__"}
 _FROM_LINE = re.compile(  # the mbox separator, e.g. "From 1a2b... Mon Sep 17 00:00:00 2001"
     rb"^From \S+ +[A-Z][a-z]{2} [A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d \d{4}[ \t]*$", re.M
 )
-Log = Callable[[str], None]
 
 
 def log_stderr(msg: str) -> None:

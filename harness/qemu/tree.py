@@ -31,8 +31,9 @@ from typing import BinaryIO
 
 from harness import atomic
 from harness.errors import BuildFailed, HostError, InternalError, UsageError
-from harness.qemu.source import Log, Source, apply_patch, prepare_source, run, sha256_file
+from harness.qemu.source import Source, apply_patch, prepare_source, run, sha256_file
 from harness.qemu.variants import Variant, touched_files
+from harness.vocabulary import Log
 
 TARGET = "qemu-system-x86_64"
 PYTHON_DEPS = ("meson==1.9.0", "pycotap==1.3.1")  # as in QEMU's pythondeps.toml

@@ -37,8 +37,8 @@ from harness.run.results import Hop
 from harness.run.scenario import now
 from harness.run.setup import Setup, settle
 from harness.run.timings import hop_timings
+from harness.vocabulary import Log
 
-Log = Callable[[str], None]
 Emit = Callable[[RunRecord], None]
 # Shorter probing before and after the migration than a single run's 0.5 s, so that a
 # hop of a 1000-hop soak does not spend most of its time waiting. The tail starts once

@@ -8,7 +8,7 @@ when.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,13 @@ from harness.run.config import (
 )
 from harness.run.observer import Observer, Phase
 from harness.run.setup import Setup
+from harness.vocabulary import Log
 
 
 class Lab:
     """The resources of one run (or one chain of hops), torn down by its ExitStack."""
 
-    def __init__(self, cfg: Config, setup: Setup, stack: ExitStack, log: Callable[[str], None],
+    def __init__(self, cfg: Config, setup: Setup, stack: ExitStack, log: Log,
                  observers: Sequence[Observer[Lab]] = (), shm_dir: Path = SHM_DIR) -> None:
         self.cfg, self.setup = cfg, setup
         self.caps, self.guest, self.accel = setup.caps, setup.guest, setup.accel

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -27,8 +27,8 @@ from harness.run.observer import Observer, PhaseClock
 from harness.run.results import Hop, HopLogs
 from harness.run.setup import Setup, settle
 from harness.run.timings import hop_timings
+from harness.vocabulary import Log
 
-Log = Callable[[str], None]
 ARTIFACTS = ("ping.log", "flows.log", "fresh-flows.log", "tcp.log", "timeline.html",
              "source-console.log", "target-console.log", "source-stderr.log",
              "target-stderr.log", "source.trace", "target.trace")

@@ -7,7 +7,6 @@ once more per run. The accelerator is chosen here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.errors import Unsupported, UsageError
@@ -19,9 +18,8 @@ from harness.qemu import accel
 from harness.qemu.capabilities import Capabilities, capabilities_of
 from harness.qemu.side import Machine, check_pair, choose_machine
 from harness.run.config import Config
-from harness.vocabulary import MODES, Accel
+from harness.vocabulary import MODES, Accel, Log
 
-Log = Callable[[str], None]
 MAX_FLOWS = 64
 
 
