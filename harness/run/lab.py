@@ -88,19 +88,27 @@ class Lab:
         """Where the QEMU called `name` writes its trace."""
         return self.rundir / f"{name}.trace"
 
+    def pair(self) -> tuple[str, str]:
+        """The hop's two binaries as their capabilities name them (absolute paths, as a
+        VM runs them), whatever spelling Config gave: the same one twice without a
+        target_qemu."""
+        source = capabilities_of(self.cfg.qemu).qemu
+        return source, capabilities_of(self.cfg.target_qemu).qemu if self.cfg.target_qemu \
+            else source
+
     def side(self, binary: str | None = None) -> Side:
         """The side of a binary (the boot's, by default) on this guest's machine, with
         its capabilities (asked once per binary) and its firmware."""
-        qemu = binary or self.cfg.qemu
-        caps = self.caps if qemu == self.caps.qemu else capabilities_of(qemu)
-        own = self.cfg.target_firmware if qemu == self.cfg.target_qemu else self.cfg.firmware
+        caps = capabilities_of(binary or self.cfg.qemu)
+        source, target = self.pair()
+        own = self.cfg.target_firmware if caps.qemu == target != source else self.cfg.firmware
         return Side(caps, self.setup.machine, own or FIRMWARE_DIRS)
 
     def target_side(self) -> Side:
         """The next hop's target: the other binary of the pair than the one serving, so a
         chain alternates upgrade and rollback; target_qemu while neither serves (and the
         same binary without a target_qemu)."""
-        pair = self.cfg.qemu, self.cfg.target_qemu or self.cfg.qemu
+        pair = self.pair()
         serving = self.source.binary if self.source is not None else pair[0]
         return self.side(pair[0] if serving == pair[1] else pair[1])
 

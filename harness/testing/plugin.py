@@ -48,7 +48,7 @@ from harness.guest.embedded import build_embedded
 from harness.guest.spec import Guest
 from harness.host.netns import Namespace
 from harness.host.rundir import SHM_DIR
-from harness.qemu.capabilities import Capabilities, capabilities_of, query_capabilities
+from harness.qemu.capabilities import Capabilities, capabilities_of
 from harness.record import RunRecord
 from harness.run import scenario
 from harness.run.config import Config
@@ -177,7 +177,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def tapmig_capabilities(tapmig_qemu: str) -> Capabilities:
-    return query_capabilities(tapmig_qemu)
+    return capabilities_of(tapmig_qemu)
 
 
 @dataclass(frozen=True)
