@@ -12,13 +12,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.campaign.loop import run_campaign
-from harness.campaign.plan import Plan, parse_modes
+from harness.campaign.plan import Plan, config, parse_modes
 from harness.campaign.store import prepare_out, write_record
 from harness.errors import EXIT_USAGE, TapmigError
 from harness.record import RunRecord
@@ -157,7 +158,7 @@ class Runner:
 def plan(out: Path, iterations: int = 3, modes: tuple[Mode, ...] = ("new-tap", "local")) -> Plan:
     prepare_out(out)
     return Plan(builds={"A": A, "B": B}, modes=modes, iterations=iterations, out=out,
-                queues=2, cache=out / "cache")
+                run=Config(qemu="", queues=2, cache=out / "cache"))
 
 
 def run_loop(p: Plan, runner: Runner) -> tuple[Any, list[str]]:
@@ -195,6 +196,25 @@ def test_runs_interleave_iteration_then_mode_then_build(tmp_path: Path) -> None:
     assert re.fullmatch(r"\[1/12\] #1 A new-tap: blackout 10\.0 ms, QMP downtime 5\.0 ms "
                         r"\(\d+s\); ETA \d+s", lines[0]), lines[0]
     assert lines[-1].startswith("[12/12] #3 B local: ") and lines[-1].endswith("ETA 0s")
+
+
+def test_each_run_is_the_plans_options_with_its_own_build_and_mode(tmp_path: Path) -> None:
+    """Plan.run holds the options once: a run's Config differs only in its binaries, its
+    mode and its out, and the manifest names the options as it always has."""
+    options = Config(qemu="", machine="pc-q35-9.0", accel="tcg", queues=2, vcpus=2, flows=3,
+                     flow_interval=0.05, tcp="continuous", all_queues=True, epsilon_ms=70.0,
+                     cache=tmp_path / "cache")
+    p = Plan(builds={"A": A, "B->A": B}, targets={"B->A": A}, modes=("local",), iterations=2,
+             out=tmp_path, run=options)
+    assert config(p, "local", "B->A", "1-local-B->A") == replace(
+        options, qemu=B, target_qemu=A, mode="local", out=tmp_path / "runs" / "1-local-B->A")
+    assert config(p, "local", "A", "1-local-A").target_qemu is None
+    assert p.accel == "tcg"
+    assert p.manifest() == {
+        "builds": ["A", "B->A"], "modes": ["local"], "queues": 2, "iterations": 2, "hops": None,
+        "duration_s": None, "accel": "tcg", "epsilon_ms": 70.0, "shards": 1, "vcpus": 2,
+        "flows": 3, "flow_interval": 0.05, "tcp": "continuous", "all_queues": True,
+        "targets": {"B->A": A}, "machine": "pc-q35-9.0"}
 
 
 def test_unsupported_combination_is_reported_once_and_skipped(tmp_path: Path) -> None:

@@ -167,14 +167,17 @@ def chain_lines(c: dict[str, Any], recs: list[RunRecord]) -> list[str]:
 
 def bench_chain(qemu: str, modes: list[Mode], hops: int, accel: AccelChoice, cache: Path,
                 log: Log, out: Path | None = None,
-                **plan: Any) -> list[str]:
+                **options: Any) -> list[str]:
     """One chain of `hops` per mode, through `tapmig measure --chain`, and its figures;
-    `plan` takes measure's other settings (epsilon_ms, flows, tcp, vcpus)."""
+    `options` takes measure's other settings (epsilon_ms, flows, tcp, vcpus)."""
     with tempfile.TemporaryDirectory(prefix=f"tapmig-{os.getpid()}-bench-") as tmp:
         where = out or Path(tmp)
         prepare_out(where)
-        campaign = Plan(builds=resolve_builds([qemu]), modes=tuple(modes), iterations=1,
-                        out=where, accel=accel, cache=cache, hops=hops, **plan)
+        builds = resolve_builds([qemu])
+        # As measure's: every queue pair must carry traffic after the hop.
+        run = Config(qemu=qemu, accel=accel, cache=cache, all_queues=True, **options)
+        campaign = Plan(builds=builds, modes=tuple(modes), iterations=1, out=where, run=run,
+                        hops=hops)
         outcome = loop.run_campaign(campaign, preflight(campaign, log), log)
     lines = [f"QEMU {', '.join(sorted({r.qemu_version for r in outcome.records}))} ({qemu})"]
     for c in outcome.report.chains:

@@ -11,17 +11,15 @@ import itertools
 import re
 import string
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness.cache import default_cache
 from harness.campaign.shards import WHOLE, Shard, check_shard, parse_shard
 from harness.errors import UsageError
-from harness.guest.spec import Guest
 from harness.qemu.capabilities import resolve_qemu
 from harness.report import units
 from harness.run.config import Config
-from harness.vocabulary import MODES, AccelChoice, Mode, TcpPattern, as_mode
+from harness.vocabulary import MODES, AccelChoice, Mode, as_mode
 
 
 @dataclass(frozen=True)
@@ -37,23 +35,24 @@ class Plan:
     modes: tuple[Mode, ...]
     iterations: int | None
     out: Path
-    accel: AccelChoice = "auto"
-    queues: int = 4
-    cache: Path = field(default_factory=default_cache)
-    guest: Guest | None = None
+    # The options every run shares; each run's qemu, target_qemu, mode and out are its
+    # own (config), so the template's are never read.
+    run: Config = field(default_factory=lambda: Config(qemu=""))
     shard: Shard = WHOLE
     hops: int | None = None
     duration_s: float | None = None
-    epsilon_ms: float | None = None  # None: the accelerator's (see harness.run.config)
-    vcpus: int = 1  # traffic (harness.run.traffic): vCPUs, UDP flows, the TCP pattern
-    flows: int = 8
-    flow_interval: float = 0.04  # seconds, each flow's
-    tcp: TcpPattern = "sparse"
-    all_queues: bool = True
     # A live update per label: its runs (and chains' first hops) go from builds[label] to
     # targets[label]; a label without one migrates its build to itself.
     targets: dict[str, str] = field(default_factory=dict)
-    machine: str | None = None
+
+    @property
+    def accel(self) -> AccelChoice:
+        """The accelerator asked for: the report's metadata names it."""
+        return self.run.accel
+
+    def build(self, label: str) -> Config:
+        """The options of every run of one build (or pair), with its binaries."""
+        return replace(self.run, qemu=self.builds[label], target_qemu=self.targets.get(label))
 
     def iteration_numbers(self) -> Iterator[int]:
         its = itertools.count(1) if self.iterations is None else range(1, self.iterations + 1)
@@ -82,13 +81,14 @@ class Plan:
 
     def manifest(self) -> dict[str, object]:
         """The plan as shards of one campaign share it: everything but --shard and paths."""
-        return {"builds": list(self.builds), "modes": list(self.modes), "queues": self.queues,
+        run = self.run
+        return {"builds": list(self.builds), "modes": list(self.modes), "queues": run.queues,
                 "iterations": self.iterations, "hops": self.hops, "duration_s": self.duration_s,
-                "accel": self.accel, "epsilon_ms": self.epsilon_ms, "shards": self.shard.count,
-                "vcpus": self.vcpus, "flows": self.flows, "flow_interval": self.flow_interval,
-                "tcp": self.tcp,
-                "all_queues": self.all_queues, "targets": dict(self.targets),
-                "machine": self.machine}
+                "accel": run.accel, "epsilon_ms": run.epsilon_ms, "shards": self.shard.count,
+                "vcpus": run.vcpus, "flows": run.flows, "flow_interval": run.flow_interval,
+                "tcp": run.tcp,
+                "all_queues": run.all_queues, "targets": dict(self.targets),
+                "machine": run.machine}
 
 
 def parse_modes(values: Sequence[str]) -> tuple[Mode, ...]:
@@ -192,11 +192,7 @@ def resolve_pairs(qemus: Sequence[str], pairs: Sequence[str], every: bool
         builds[label], targets[label] = src, dst
     return builds, targets
 
+
 def config(plan: Plan, mode: Mode, label: str, name: str) -> Config:
-    """One run's Config: the plan's settings for this build and mode, its logs under runs/."""
-    return Config(qemu=plan.builds[label], target_qemu=plan.targets.get(label),
-                  machine=plan.machine, mode=mode, accel=plan.accel, queues=plan.queues,
-                  out=plan.out / "runs" / name, cache=plan.cache, guest=plan.guest,
-                  epsilon_ms=plan.epsilon_ms, vcpus=plan.vcpus, flows=plan.flows,
-                  flow_interval=plan.flow_interval, tcp=plan.tcp,
-                  all_queues=plan.all_queues)
+    """One run's Config: the plan's options for this build and mode, its logs under runs/."""
+    return replace(plan.build(label), mode=mode, out=plan.out / "runs" / name)

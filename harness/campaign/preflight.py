@@ -5,6 +5,7 @@ fails in one line up front, not once in every run.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 from harness.campaign.plan import Plan
 from harness.errors import Unsupported
@@ -12,7 +13,6 @@ from harness.guest.embedded import build_embedded
 from harness.host.check import check_host
 from harness.qemu import accel
 from harness.qemu.capabilities import capabilities_of
-from harness.run.config import Config
 from harness.run.setup import Setup, check_variant
 from harness.vocabulary import Log
 
@@ -26,21 +26,20 @@ def preflight(plan: Plan, log: Log) -> dict[str, Setup]:
     every run; a variant a build lacks is left to its first run to record.
     """
     check_host()
-    guest = plan.guest or build_embedded(plan.cache, log)
+    guest = plan.run.guest or build_embedded(plan.run.cache, log)
     setups = {}
     for label, qemu in plan.builds.items():
+        cfg = plan.build(label)
         caps = capabilities_of(qemu)
         target = plan.targets.get(label)
         for mode in plan.modes:
             with contextlib.suppress(Unsupported):
-                check_variant(Config(qemu, mode, target_qemu=target, queues=plan.queues,
-                                     vcpus=plan.vcpus, flows=plan.flows), caps,
+                check_variant(replace(cfg, mode=mode), caps,
                               capabilities_of(target) if target else None)
-        name, reason = accel.choose(plan.accel, qemu, guest, plan.cache, log)
+        name, reason = accel.choose(cfg.accel, qemu, guest, cfg.cache, log)
         to = f" -> {target} (QEMU {capabilities_of(target).version})" if target else ""
         log(f"{label} = {qemu} (QEMU {caps.version}){to}; {name}: {reason}")
-        setups[label] = Setup.of(Config(qemu, target_qemu=target, machine=plan.machine), caps,
-                                 guest, name, reason)
+        setups[label] = Setup.of(cfg, caps, guest, name, reason)
         for note in setups[label].machine.notes:
             log(f"note: {note}")
     return setups

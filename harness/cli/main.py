@@ -142,15 +142,15 @@ def cmd_measure(args: argparse.Namespace) -> int:
     manifest, spec = _guest_spec(args.guest)
     store.prepare_out(args.out)
     builds, targets = plan.resolve_pairs(args.qemu, args.pair, args.pairs == "all")
-    campaign = plan.Plan(builds=builds, targets=targets, machine=args.machine, modes=modes,
-                         iterations=shape.iterations, out=args.out, accel=args.accel,
-                         queues=args.queues, cache=args.cache,
+    run_options = Config(qemu="", machine=args.machine, accel=args.accel, queues=args.queues,
                          vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
                          flows=args.flows, flow_interval=args.flow_interval / 1000,
                          tcp=args.tcp, all_queues=args.all_queues,
-                         guest=resolve(spec, manifest, args.cache, _log), shard=shape.shard,
-                         hops=shape.hops, duration_s=shape.duration_s,
+                         guest=resolve(spec, manifest, args.cache, _log), cache=args.cache,
                          epsilon_ms=args.epsilon_ms)
+    campaign = plan.Plan(builds=builds, targets=targets, modes=modes,
+                         iterations=shape.iterations, out=args.out, run=run_options,
+                         shard=shape.shard, hops=shape.hops, duration_s=shape.duration_s)
     setups = preflight_campaign(campaign, _log)
     _log(plan.describe(campaign))
     outcome = loop.run_campaign(campaign, setups)
