@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,9 @@ import pytest
 from harness.campaign.loop import run_campaign
 from harness.campaign.plan import Plan, config, parse_modes
 from harness.campaign.store import prepare_out, write_record
-from harness.errors import EXIT_USAGE, TapmigError
+from harness.errors import EXIT_USAGE, TapmigError, Unsupported
+from harness.host.rundir import RUN_PARENT, SHM_DIR
+from harness.proc import PREFIX
 from harness.record import RunRecord
 from harness.report.model import Combination, Report
 from harness.report.summary import load_report
@@ -345,6 +348,43 @@ def test_compare_bad_input(tmp_path: Path, make: CompareInput, needle: str) -> N
                       "--threshold", threshold)
     one_line_error(done, needle, code=EXIT_USAGE)
     assert done.stdout == ""
+
+
+# --- measure's preflight, the one `tapmig run` has ------------------------------------
+
+
+def measure_unsupported(out: Path) -> subprocess.CompletedProcess[str]:
+    """`measure --mode local` on Debian's QEMU, which lacks the series: the preflight
+    runs in full, the first run records the mode as not supported, and no guest boots."""
+    return call_tapmig(*measure_args(out, qemu=str(SYSTEM_QEMU), mode="local"),
+                       "--accel", "tcg")
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited and been waited for."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(not SYSTEM_QEMU.exists(), reason=f"{SYSTEM_QEMU} absent")
+@pytest.mark.usefixtures("tapmig_root_with_tun", "tapmig_guest")
+def test_measure_reaps_the_orphans_of_a_killed_run(tmp_path: Path) -> None:
+    """What a run killed outright left behind (its run dir and RAM file, named for a PID
+    that is gone) is removed by measure's preflight: no run of it boots a guest."""
+    pid = dead_pid()
+    rundir, ram = RUN_PARENT / f"{PREFIX}{pid}-killed", SHM_DIR / f"{PREFIX}{pid}-ram"
+    rundir.mkdir()
+    ram.touch()
+    try:
+        done = measure_unsupported(tmp_path / "o")
+        left = [p for p in (rundir, ram) if p.exists()]
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+        ram.unlink(missing_ok=True)
+    assert done.returncode == Unsupported.exit_code, done.stderr
+    assert "no combination is supported" in done.stderr
+    assert left == []
 
 
 # --- one real measurement ---------------------------------------------------------------

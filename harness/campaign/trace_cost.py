@@ -17,7 +17,7 @@ from harness.record import RunRecord
 from harness.report.summary import median_ci, ratio_ci
 from harness.run.chain import Chain, ChainRun
 from harness.run.config import Config
-from harness.run.setup import prepare
+from harness.run.setup import preflight
 from harness.vocabulary import Log
 
 METRICS = ("blackout_ms", "downtime_ms")
@@ -50,7 +50,7 @@ def arm_lines(name: str, traced: list[float], untraced: list[float]) -> list[str
 
 def bench_trace(cfg: Config, hops: int, rounds: int, log: Log) -> list[str]:
     """`rounds` pairs of chains of `hops`, traced and untraced, interleaved."""
-    setup = prepare(cfg, log)
+    setup = preflight(cfg, log)
     arms: dict[bool, list[RunRecord]] = {True: [], False: []}
     for r in range(rounds):
         for on in (True, False) if r % 2 == 0 else (False, True):

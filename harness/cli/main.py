@@ -40,7 +40,7 @@ from harness.report.table import format_record
 from harness.run import traffic
 from harness.run.config import Config
 from harness.run.scenario import run
-from harness.run.setup import preflight, prepare
+from harness.run.setup import check, preflight
 from harness.vocabulary import as_accel_choice, as_mode
 
 
@@ -61,11 +61,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                  out=args.out, cache=args.cache,
                  epsilon_ms=args.epsilon_ms, boot_timeout=args.boot_timeout,
                  prober=args.prober)
-    caps = preflight(cfg)  # bad input and an unusable host: one line, exit 2, before any table
-    guest = resolve(spec, manifest, args.cache, _log)  # a download comes after preflight
-    # --accel kvm on a host whose KVM cannot boot the guest is refused here too, before
-    # any table: the accelerator is chosen once, and the run starts from this Setup.
-    rec = run(cfg, log=_log, setup=prepare(cfg, _log, caps, guest))
+    # Bad input, an unusable host, and --accel kvm on a host whose KVM cannot boot the
+    # guest: one line, exit 2, before any table. The guest is resolved (a download,
+    # maybe) once nothing was refused; the run starts from this Setup.
+    setup = preflight(cfg, _log, guest=lambda: resolve(spec, manifest, args.cache, _log))
+    rec = run(cfg, log=_log, setup=setup)
     print(json.dumps(rec.to_json(), indent=2) if args.json else format_record(rec))
     if rec.status != "ok":
         print_error(rec.error or "unknown failure")
@@ -221,7 +221,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     modes = [as_mode(m) for m in args.mode.split(",") if m]
     if args.iterations < 1:
         raise UsageError(f"--iterations {args.iterations}: give at least 1")
-    preflight(Config(qemu=args.qemu, mode=modes[0], accel=args.accel))
+    check(Config(qemu=args.qemu, mode=modes[0], accel=args.accel))
     if args.trace_cost:
         if args.chain is None:
             raise UsageError("--trace-cost needs --chain N: the hops of each chain")

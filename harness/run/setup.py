@@ -1,13 +1,14 @@
 """What a run needs settled before its Lab exists: capabilities, guest, accelerator.
 
-Settled once, by `prepare`, and handed to every run of the same QEMU: `tapmig run`
-asks QEMU for its capabilities once, and a campaign once per build, instead of
-once more per run. The accelerator is chosen here and nowhere else.
+Settled once, by `preflight`, and handed to every run of the same QEMU: `tapmig run`
+settles it once, and a campaign once per build, instead of once more per run. The
+accelerator is chosen here and nowhere else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from harness.errors import Unsupported, UsageError
 from harness.guest.embedded import build_embedded
@@ -18,7 +19,7 @@ from harness.qemu import accel
 from harness.qemu.capabilities import Capabilities, capabilities_of
 from harness.qemu.side import Machine, check_pair, choose_machine
 from harness.run.config import Config
-from harness.vocabulary import MODES, Accel, Log
+from harness.vocabulary import MODES, Accel, Log, Mode
 
 MAX_FLOWS = 64
 
@@ -75,32 +76,45 @@ def check_variant(cfg: Config, caps: Capabilities, target: Capabilities | None =
         raise Unsupported(f"vhost=on needs vhost-net: {caps.vhost_problem}")
 
 
-def preflight(cfg: Config, caps: Capabilities | None = None) -> Capabilities:
-    """Everything that can be refused before any resource exists, in one line."""
-    caps = caps or capabilities_of(cfg.qemu)
+def check(cfg: Config, modes: Sequence[Mode] | None = None) -> None:
+    """Everything that can be refused before any resource exists, in one line: the
+    variant, the machine both sides run, the host.
+
+    With modes (a campaign's), the variant of each is checked; one these QEMUs lack
+    is left to its first run to record, while bad input is refused all the same.
+    """
+    caps = capabilities_of(cfg.qemu)
     target = capabilities_of(cfg.target_qemu) if cfg.target_qemu else caps
-    check_variant(cfg, caps, target)
+    for mode in (cfg.mode,) if modes is None else modes:
+        try:
+            check_variant(replace(cfg, mode=mode), caps, target)
+        except Unsupported:
+            if modes is None:
+                raise
     choose_machine(caps, target, "tcg", cfg.machine)  # a type one side lacks: refused now
     check_host()
-    return caps
 
 
-def prepare(cfg: Config, log: Log, caps: Capabilities | None = None,
-            guest: Guest | None = None) -> Setup:
-    """Preflight, the orphans of killed runs reaped, the guest built (cached) and the
-    accelerator chosen (its KVM probe boot cached too)."""
-    caps = preflight(cfg, caps)
+def preflight(cfg: Config, log: Log, modes: Sequence[Mode] | None = None,
+              guest: Callable[[], Guest] | None = None) -> Setup:
+    """The one preflight of `tapmig run`, of each build of a campaign, and of a run
+    given no Setup: the checks, the orphans of killed runs reaped, the guest (`guest`
+    resolves it, else cfg's or the embedded one, built or cached) and the accelerator
+    chosen (its KVM probe boot cached too). The guest comes after the checks, so a
+    refused run downloads nothing."""
+    check(cfg, modes)
     reap_orphans()
-    guest = guest or cfg.guest or build_embedded(cfg.cache, log)
-    name, reason = accel.choose(cfg.accel, caps.qemu, guest, cfg.cache, log)
-    return Setup.of(cfg, caps, guest, name, reason)
+    chosen = guest() if guest is not None else cfg.guest or build_embedded(cfg.cache, log)
+    caps = capabilities_of(cfg.qemu)
+    name, reason = accel.choose(cfg.accel, caps.qemu, chosen, cfg.cache, log)
+    return Setup.of(cfg, caps, chosen, name, reason)
 
 
 def settle(cfg: Config, log: Log, setup: Setup | None = None) -> Setup:
     """The Setup a run starts from: a campaign's, with this run's variant checked
-    against its capabilities (no QEMU started), or one prepared here."""
+    against its capabilities (no QEMU started), or one its preflight settles here."""
     if setup is None:
-        return prepare(cfg, log)
+        return preflight(cfg, log)
     target = capabilities_of(cfg.target_qemu) if cfg.target_qemu else setup.caps
     check_variant(cfg, setup.caps, target)
     return setup
