@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,14 @@ from harness.errors import UsageError
 from harness.guest.spec import Guest
 from harness.qemu import accel
 from harness.report.table import format_record
+from harness.run import setup
 from harness.run.config import Config
 from harness.run.setup import check_traffic
 from harness.testing.plugin import missing
+from harness.vocabulary import AccelChoice
 from tests.support import REPO, call_tapmig, run_tapmig
 from tests.support import one_line_error as _one_line_error
+from tests.support.calls import count_calls
 from tests.support.records import record, report_file
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -147,6 +151,21 @@ def test_kvm_required_where_kvm_cannot_boot_the_guest(tapmig_guest: Guest) -> No
         pytest.skip("KVM boots the guest on this host, so --accel kvm is not refused")
     one_line_error(tapmig("run", "--qemu", QEMU, "--accel", "kvm"), "--accel kvm, but",
                    "use --accel auto or tcg")
+
+
+@pytest.mark.kvm
+@pytest.mark.qemu_independent
+@pytest.mark.usefixtures("tapmig_root_with_tun")
+def test_a_run_checks_its_variant_and_the_host_once(monkeypatch: pytest.MonkeyPatch,
+                                                     tapmig_qemu: str,
+                                                     tapmig_accel: AccelChoice) -> None:
+    """`tapmig run` checks the host and its variant in its preflight, before any table,
+    and the run it hands the Setup to takes the verdict from it, not from a check of
+    its own."""
+    calls = count_calls(monkeypatch, setup, "check_variant", "check_host")
+    done = tapmig("run", "--qemu", tapmig_qemu, "--accel", tapmig_accel)
+    assert done.returncode == 0, done.stderr
+    assert calls == Counter(check_variant=1, check_host=1)
 
 
 # --- the command's own surface -------------------------------------------------------------

@@ -28,10 +28,12 @@ from harness.proc import PREFIX
 from harness.record import RunRecord
 from harness.report.model import Combination, Report
 from harness.report.summary import load_report
+from harness.run import setup
 from harness.run.config import Config
 from harness.run.setup import Setup
 from harness.vocabulary import AccelChoice, Log, Mode
 from tests.support import REPO, call_tapmig, one_line_error, run_tapmig
+from tests.support.calls import count_calls
 from tests.support.counting import CountingQemu
 from tests.support.records import QEMU_A as A
 from tests.support.records import QEMU_B as B
@@ -385,6 +387,21 @@ def test_measure_reaps_the_orphans_of_a_killed_run(tmp_path: Path) -> None:
     assert done.returncode == Unsupported.exit_code, done.stderr
     assert "no combination is supported" in done.stderr
     assert left == []
+
+
+@pytest.mark.skipif(not SYSTEM_QEMU.exists(), reason=f"{SYSTEM_QEMU} absent")
+@pytest.mark.usefixtures("tapmig_root_with_tun", "tapmig_guest")
+def test_measure_checks_each_variant_once_not_per_run(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    """The preflight checks the host once per build and each variant once per build and
+    mode; the run it refuses is recorded from that verdict, without a check of its own
+    (and the later iteration is skipped)."""
+    calls = count_calls(monkeypatch, setup, "check_variant", "check_host")
+    done = measure_unsupported(tmp_path / "o")
+    assert done.returncode == Unsupported.exit_code, done.stderr
+    [rec] = saved(tmp_path / "o")
+    assert rec.status == "unsupported" and "cannot do local migration" in (rec.error or "")
+    assert calls == Counter(check_variant=1, check_host=1)
 
 
 # --- one real measurement ---------------------------------------------------------------
