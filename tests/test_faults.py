@@ -36,7 +36,7 @@ import pytest
 from harness.guest.spec import Guest
 from harness.qemu.vm import VM
 from harness.record import RunRecord
-from harness.run import phases
+from harness.run import steps
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Phase
@@ -141,7 +141,7 @@ def test_source_killed_target_fails_on_its_own(booted: SharedGuest, hop: Hopper)
         "QEMUError", fault.source, -9)
     lab = booted.lab
     dst = target(lab)
-    assert phases.migration_end(lab, dst) == "failed"
+    assert steps.migration_end(lab, dst) == "failed"
     assert dst.proc is not None
     assert dst.proc.wait(timeout=10) == 1
     assert "load of migration failed" in dst.stderr()
@@ -162,9 +162,9 @@ def test_cancel_at_switchover_source_resumes_and_serves(booted: SharedGuest,
         "QMPCommandError", fault.source, "migrate-continue", "GenericError")
     assert "not in expected state" in rec.failure["desc"]
     lab = booted.lab
-    assert phases.migration_end(lab, source(lab)) == "cancelled"
+    assert steps.migration_end(lab, source(lab)) == "cancelled"
     serves(booted)
-    assert phases.migration_end(lab, target(lab)) == "failed"
+    assert steps.migration_end(lab, target(lab)) == "failed"
 
 
 # -- QMP stops answering ---------------------------------------------------------------
@@ -174,13 +174,14 @@ def freeze(side: Callable[[Lab], VM]) -> Fault:
     """SIGSTOP one QEMU at switchover: its QMP socket stays open but nothing answers,
     which is what a wedged QEMU looks like. (A connection dropped while QEMU lives has
     no real cause: QEMU closes a monitor only by exiting, and that is the kill cases
-    above.) The SIGCONT joins the hop's own teardown, ahead of the VMs' shutdown."""
+    above.) The SIGCONT joins that QEMU's own teardown, ahead of its shutdown."""
 
     def strike(lab: Lab) -> None:
         pid = side(lab).pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
-        lab.stack.callback(os.kill, pid, signal.SIGCONT)
+        own = next(stack for vm, stack in lab.qemus if vm.pid == pid)
+        own.callback(os.kill, pid, signal.SIGCONT)
 
     return Fault("switchover", strike)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -33,11 +32,11 @@ from harness.probes import driver
 from harness.qemu import accel
 from harness.qemu.capabilities import Capabilities
 from harness.qemu.vm import VM
-from harness.run import phases
+from harness.run import steps
 from harness.run.config import GUEST_IP, Config
 from harness.run.lab import Lab
 from harness.run.setup import Setup
-from harness.vocabulary import AccelChoice, Interface
+from harness.vocabulary import AccelChoice, Interface, Mode
 from tests.support.shared import Key, SharedGuest, on
 
 pytestmark = [pytest.mark.kvm, pytest.mark.usefixtures("tapmig_root_with_tun")]
@@ -114,15 +113,15 @@ def start_target(lab: Lab, netdev: dict[str, Any],
     return dst
 
 
-def booted_source(lab: Lab) -> VM:
-    phases.boot_source(lab)
+def booted_source(lab: Lab, mode: Mode | None = None) -> VM:
+    steps.boot_source(lab, mode)
     assert lab.source is not None
     return lab.source
 
 
 def serving(lab: Lab) -> VM:
     """The shared guest's QEMU, with `local` set for the migration the test starts."""
-    src = phases.serving(lab)
+    src = lab.serving()
     lab.prepare_migration(src)
     return src
 
@@ -148,11 +147,11 @@ def test_local_over_tcp_fails_and_source_keeps_serving(booted: SharedGuest) -> N
             except QMPCommandError as exc:  # refused up front, or failed below: both say why
                 assert UNIX_ONLY in exc.desc
             else:
-                assert phases.migration_end(lab, src) == "failed"
+                assert steps.migration_end(lab, src) == "failed"
                 assert UNIX_ONLY in src.cmd("query-migrate").get("error-desc", "")
         else:
             src.cmd("migrate", uri=uri)
-            assert phases.migration_end(lab, src) == "failed"
+            assert steps.migration_end(lab, src) == "failed"
             assert "virtio-net" in src.cmd("query-migrate").get("error-desc", "")
         source_still_serves(lab, src)
 
@@ -161,7 +160,7 @@ def migrate_over_unix(lab: Lab, src: VM, dst: VM) -> tuple[str, str]:
     uri = f"unix:{lab.rundir / 'migration.sock'}"
     dst.cmd("migrate-incoming", uri=uri)
     src.cmd("migrate", uri=uri)
-    return phases.migration_end(lab, src), phases.migration_end(lab, dst)
+    return steps.migration_end(lab, src), steps.migration_end(lab, dst)
 
 
 @LOCAL
@@ -207,10 +206,8 @@ def test_local_migration_off_with_local_true(lab: Lab) -> None:
     """The device opts out: the TAP is not sent, so a target waiting with incoming-fds
     fails to load; the source completes, stays stopped, and `cont` brings it back."""
     speaks(lab.caps, "v12")  # the final interface has no device property to opt out with
-    lab.cfg = replace(lab.cfg, mode="new-tap")  # the source device with local-migration=off
-    src = booted_source(lab)
-    lab.cfg = replace(lab.cfg, mode="local")
-    lab.prepare_migration(src)
+    src = booted_source(lab, mode="new-tap")  # the source device with local-migration=off
+    lab.prepare_migration(src, mode="local")
     assert src.cmd("qom-get", path="/machine/peripheral/nic0",
                    property="local-migration") is False
     dst = start_target(lab, lab.netdev(incoming=True), {"local-migration": False})

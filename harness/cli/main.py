@@ -37,8 +37,7 @@ from harness.report.compare import compare, parse_threshold
 from harness.report.render import render_markdown
 from harness.report.summary import load_report
 from harness.report.table import format_record
-from harness.run import traffic
-from harness.run.config import Config
+from harness.run.config import Config, resolve_vcpus
 from harness.run.scenario import run
 from harness.run.setup import check, preflight
 from harness.vocabulary import as_accel_choice, as_mode
@@ -55,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = Config(qemu=args.qemu, mode=args.mode, accel=args.accel, vhost=args.vhost,
                  target_qemu=args.target_qemu, machine=args.machine, firmware=args.firmware,
                  target_firmware=args.target_firmware,
-                 queues=args.queues, vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
+                 queues=args.queues, vcpus=resolve_vcpus(args.vcpus, args.queues),
                  flows=args.flows, flow_interval=args.flow_interval / 1000, tcp=args.tcp,
                  all_queues=args.all_queues, ram_mib=args.ram,
                  out=args.out, cache=args.cache,
@@ -143,7 +142,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     store.prepare_out(args.out)
     builds, targets = plan.resolve_pairs(args.qemu, args.pair, args.pairs == "all")
     run_options = Config(qemu="", machine=args.machine, accel=args.accel, queues=args.queues,
-                         vcpus=traffic.resolve_vcpus(args.vcpus, args.queues),
+                         vcpus=resolve_vcpus(args.vcpus, args.queues),
                          flows=args.flows, flow_interval=args.flow_interval / 1000,
                          tcp=args.tcp, all_queues=args.all_queues,
                          guest=resolve(spec, manifest, args.cache, _log), cache=args.cache,
@@ -230,13 +229,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for mode in modes:
             cfg = Config(qemu=args.qemu, mode=mode, accel=args.accel, cache=args.cache,
                          flows=args.flows, tcp=args.tcp, epsilon_ms=args.epsilon_ms,
-                         vcpus=traffic.resolve_vcpus(args.vcpus, 4))
+                         vcpus=resolve_vcpus(args.vcpus, 4))
             lines += bench_trace(cfg, args.chain, args.iterations, _log)
     elif args.chain is not None:
         plan.shape(None, args.chain)  # the same check of N as measure --chain
         lines = bench_chain(args.qemu, modes, args.chain, args.accel, args.cache, _log,
                             args.out, epsilon_ms=args.epsilon_ms, flows=args.flows,
-                            tcp=args.tcp, vcpus=traffic.resolve_vcpus(args.vcpus, 4))
+                            tcp=args.tcp, vcpus=resolve_vcpus(args.vcpus, 4))
     else:
         lines = bench(args.qemu, modes, args.iterations, args.accel, args.cache, log=_log)
     print("\n".join(lines))

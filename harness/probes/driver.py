@@ -83,6 +83,12 @@ class ProbeProcess:
             self.proc.send_signal(signal.SIGINT)
         self.interrupted = True
 
+    def wait(self, timeout: float) -> None:
+        """Until a probe with a fixed count ends by itself; subprocess.TimeoutExpired
+        after `timeout` seconds."""
+        if self.proc is not None:
+            self.proc.wait(timeout=timeout)
+
     def finish(self) -> tuple[str, int | None]:
         """Stop it; its log, and its exit status if it had ended before we stopped it."""
         if self.proc is None:

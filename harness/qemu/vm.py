@@ -389,3 +389,11 @@ class VM:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    def running_pid(self) -> int:
+        """The PID of a QEMU that must still run (its files are read from /proc); a
+        QEMUError naming it if it has exited."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise self._error(f"{self.name}: QEMU is not running while its files are read:\n"
+                              f"{self.diagnostics()}")
+        return self.proc.pid

@@ -15,7 +15,7 @@ from harness.vocabulary import Mode, as_mode
 SCHEMA = "tapmig.report/1"
 METRICS = ("blackout_ms", "downtime_ms", "stop_resume_ms", "lost")
 JUDGED = {"blackout_ms": "blackout", "downtime_ms": "QMP downtime"}
-# The traffic figures (harness.run.traffic), summarized where a combination's runs have them.
+# The traffic figures (harness.run.hop_probes), summarized where a combination's runs have them.
 TRAFFIC_METRICS = ("flow_blackout_ms", "flow_spread_ms", "flow_lost", "tcp_stall_ms",
                    "tcp_retrans")
 # Judged by compare when both reports have them: older reports do not.

@@ -80,7 +80,7 @@ TRAFFIC_HEAD = ("build", "mode", "worst-flow blackout median ms [95% CI]",
 
 
 def _traffic_rows(report: Report) -> list[tuple[str, ...]]:
-    """The traffic figures (harness.run.traffic) of the combinations that have them."""
+    """The traffic figures (harness.run.hop_probes) of the combinations that have them."""
     def med(m: dict[str, Summary], k: str) -> str:
         return _cell(m[k].median) if k in m else "—"
 

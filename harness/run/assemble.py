@@ -13,7 +13,7 @@ from typing import Any
 from harness.errors import EXIT_INTERRUPTED, Inconclusive, TapmigError, Unsupported
 from harness.record import RunRecord
 from harness.run.config import Config
-from harness.run.results import Hop
+from harness.run.results import Analysed, HopResult, Observed, Verified
 from harness.run.setup import Setup
 
 
@@ -65,39 +65,40 @@ def _context(ctx: Context) -> dict[str, Any]:
     return out
 
 
-def _sides(hop: Hop) -> dict[str, Any]:
+def _sides(hop: HopResult) -> dict[str, Any]:
     """The hop's own binaries: a chain that alternates them runs the pair both ways."""
-    if hop.sides is None:
-        return {}
-    src, dst = hop.sides
+    src, dst = hop.plan.sides
     return {"qemu": src.qemu, "qemu_version": src.caps.version,
             "interface": src.caps.interface, "target_qemu": dst.qemu,
             "target_qemu_version": dst.caps.version, "target_interface": dst.caps.interface}
 
 
-def _icmp(hop: Hop) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if hop.migration is not None:
-        out["downtime_ms"] = hop.migration.downtime_ms
-    if (r := hop.resumed) is not None:
-        out.update(stop_ts=r.stop, resume_ts=r.resume,
-                   stop_resume_ms=round(1000 * (r.resume - r.stop), 3))
-    if hop.icmp is not None:
-        a = hop.icmp.analysis
-        out.update(blackout_ms=a.blackout_ms, lost=a.lost, blackout_start=a.blackout_start,
-                   blackout_end=a.blackout_end, resolution_ms=a.resolution_ms,
-                   late_replies=a.late_replies, interval_ms=a.interval_ms,
-                   lost_when=hop.icmp.lost_when,
-                   lost_in_window=hop.icmp.lost_when["stop_to_resume"])
-        if a.blackout_start is not None and r is not None:
-            out["pre_stop_ms"] = round(max(0.0, 1000 * (r.stop - a.blackout_start)), 3)
+def _observed(o: Observed) -> dict[str, Any]:
+    r = o.resumed
+    return {"downtime_ms": o.migration.downtime_ms, "stop_ts": r.stop, "resume_ts": r.resume,
+            "stop_resume_ms": round(1000 * (r.resume - r.stop), 3)}
+
+
+def _icmp(a: Analysed, o: Observed) -> dict[str, Any]:
+    i = a.icmp.analysis
+    out: dict[str, Any] = {
+        "blackout_ms": i.blackout_ms, "lost": i.lost, "blackout_start": i.blackout_start,
+        "blackout_end": i.blackout_end, "resolution_ms": i.resolution_ms,
+        "late_replies": i.late_replies, "interval_ms": i.interval_ms,
+        "lost_when": a.icmp.lost_when, "lost_in_window": a.icmp.lost_when["stop_to_resume"],
+        "epsilon_ms": a.calibration.epsilon_ms, "calibration": a.calibration.to_json(),
+        "downtime_breakdown": a.breakdown.to_json() if a.breakdown else None,
+        "flow_breakdown": a.flow_breakdown.to_json() if a.flow_breakdown else None}
+    if i.blackout_start is not None:
+        out["pre_stop_ms"] = round(max(0.0, 1000 * (o.resumed.stop - i.blackout_start)), 3)
     return out
 
 
-def _traffic(hop: Hop) -> dict[str, Any]:
+def _traffic(a: Analysed | None, v: Verified | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     queue_packets: dict[str, Any] = {}
-    if (t := hop.traffic) is not None:
+    if a is not None:
+        t = a.traffic
         if t.source_queues is not None:
             out["queues_live"] = t.source_queues.live
             queue_packets["before"] = t.source_queues.to_json()
@@ -109,46 +110,45 @@ def _traffic(hop: Hop) -> dict[str, Any]:
         if (c := t.tcp) is not None:
             out.update(tcp_stall_ms=c.stall_ms, tcp_retrans=c.retrans, tcp_rto=c.rto,
                        tcp_detail=c.to_json())
-    if hop.target is not None and (carried := hop.target.queues_after) is not None:
-        queue_packets["after"] = carried.to_json()
-        out["queues_all_carried"] = not carried.silent()
-    if hop.target is not None and (every := hop.target.all_queues) is not None:
-        queue_packets["all"] = every.to_json()
+    if v is not None and (target := v.target) is not None:
+        queue_packets["after"] = target.queues_after.to_json()
+        out["queues_all_carried"] = not target.queues_after.silent()
+        if target.all_queues is not None:
+            queue_packets["all"] = target.all_queues.to_json()
     out["queue_packets"] = queue_packets
     return out
 
 
-def _checks(hop: Hop) -> dict[str, Any]:
+def _checks(hop: HopResult) -> dict[str, Any]:
     checks: dict[str, Any] = {}
-    if hop.same_tap is not None:
-        checks.update(hop.same_tap)
-    if hop.handover is not None and hop.resumed is not None:
-        checks["handover"] = {**hop.handover.to_json(),
-                              "took_ms": hop.resumed.held.took_ms}
-    if hop.target is not None and hop.target.fresh_flows:
-        checks["fresh_flows"] = hop.target.fresh_flows
+    if (v := hop.verified) is not None and v.same_tap is not None:
+        checks.update(v.same_tap.to_json())
+    if (a := hop.analysed) is not None:
+        checks["handover"] = {**a.handover.to_json(), "took_ms": a.held_ms}
+    if v is not None and v.target is not None and v.target.fresh.flows:
+        checks["fresh_flows"] = v.target.fresh_flows()
     if hop.last_good_qemu is not None:
         checks["last_good_qemu"] = hop.last_good_qemu
-    if hop.ram_blocks:
-        checks["ram_blocks"] = {k: list(v) for k, v in hop.ram_blocks.items()}
+    if hop.observed is not None:
+        checks["ram_blocks"] = {k: list(v) for k, v in hop.observed.ram_blocks.items()}
     return checks
 
 
-def assemble(ctx: Context, hop: Hop | None, error: BaseException | None,
+def assemble(ctx: Context, hop: HopResult | None, error: BaseException | None,
              duration_s: float | None, artifacts: dict[str, str] | None = None) -> RunRecord:
-    """The record of one run or hop: its context, every result it got, and its outcome."""
-    fields = {**_context(ctx), **_outcome(error, hop.number if hop else 1),
+    """The record of one run or hop: its context, every result it got, and its outcome.
+    Without a hop (refused, or the boot failed) the record says only that."""
+    number = hop.plan.number if hop is not None else 1
+    fields = {**_context(ctx), **_outcome(error, number),
               "started": ctx.started, "duration_s": duration_s,
-              "artifacts": dict(artifacts or {})}
+              "artifacts": dict(artifacts or {}),
+              "hop": number if ctx.chain is not None else None}
     if hop is not None:
-        fields.update(_sides(hop), **_icmp(hop), **_traffic(hop), checks=_checks(hop),
-                      hop=hop.number
-                      if ctx.chain is not None else None, started=hop.started,
-                      epsilon_ms=hop.epsilon_ms, phases=dict(hop.timings),
-                      calibration=hop.calibration.to_json() if hop.calibration else None,
-                      downtime_breakdown=hop.breakdown.to_json() if hop.breakdown else None,
-                      flow_breakdown=(hop.flow_breakdown.to_json() if hop.flow_breakdown
-                                      else None),
+        o, a = hop.observed, hop.analysed
+        fields.update(_sides(hop), **(_observed(o) if o is not None else {}),
+                      **(_icmp(a, o) if a is not None and o is not None else {}),
+                      **_traffic(a, hop.verified), checks=_checks(hop),
+                      started=hop.plan.started, phases=dict(hop.step_s),
                       footprint=hop.footprint.to_json() if hop.footprint else None)
     return RunRecord(**fields)
 

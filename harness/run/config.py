@@ -50,7 +50,7 @@ class Config:
     # Linux's virtio-net enables min(queue pairs, online CPUs) queue pairs: with one
     # vCPU, queues 1.. stay detached; vcpus == queues makes every queue pair live.
     vcpus: int = 1
-    # The traffic across the migration besides ICMP (harness.run.traffic): UDP flows on
+    # The traffic across the migration besides ICMP (harness.run.hop_probes): UDP flows on
     # distinct ports (0: none, and no per-queue check), each probed every
     # flow_interval; and a TCP connection, one message every 1 ms (continuous) or
     # 50 ms (sparse), or none. A Config asks for none unless told: `tapmig run` and
@@ -85,3 +85,8 @@ class Config:
     settle_s: float = 0.5  # probing before migration starts
     tail_s: float = 0.5  # probing after RESUME, once every flow answered again
     recover_timeout: float = 10.0  # how long after RESUME every flow may take to answer
+
+
+def resolve_vcpus(value: int | str, queues: int) -> int:
+    """--vcpus N, or "queues": one vCPU per queue pair, so that every queue is live."""
+    return queues if value == "queues" else int(value)

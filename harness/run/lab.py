@@ -1,9 +1,11 @@
-"""The bench one run works on: its namespace and TAPs, RAM file, run dir and QEMUs.
+"""The bench one guest works on: its namespace and TAPs, RAM file, run dir and QEMUs.
 
-A Lab owns nothing itself: every resource is entered into the run's ExitStack,
-whose unwinding is the teardown. It knows how to start a QEMU for the series'
-interface this binary speaks (see harness.qemu.capabilities); the scenario decides
-when.
+The namespace, RAM file and run dir are entered into the ExitStack the Lab is given,
+whose unwinding is the teardown. Each QEMU has an ExitStack of its own, so that a chain
+of 1000 hops lets go of the QEMUs it retired (retire()); all of them go before the
+namespace does. The Lab knows how to start a QEMU of either side, in the interface its
+binary speaks (harness.qemu.side); harness.run.steps decides when, and only
+harness.run changes what the Lab holds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis.queues import QueueCounts
-from harness.errors import CheckFailed
+from harness.errors import CheckFailed, InternalError
 from harness.host.netns import Namespace
 from harness.host.rundir import SHM_DIR, RunDir, ShmFile
 from harness.probes import driver
@@ -36,7 +38,7 @@ from harness.run.config import (
 )
 from harness.run.observer import Observer, Phase
 from harness.run.setup import Setup
-from harness.vocabulary import Log
+from harness.vocabulary import Log, Mode
 
 
 class Lab:
@@ -48,18 +50,49 @@ class Lab:
         self.caps, self.guest, self.accel = setup.caps, setup.guest, setup.accel
         self.log = log
         self.observers = tuple(observers)
-        self.stack = stack
+        self.qemus: list[tuple[VM, ExitStack]] = []  # oldest first
+        self.source: VM | None = None  # the QEMU that runs the guest, once booted
+        self.target: VM | None = None  # an incoming QEMU, while a hop migrates
         with signals_deferred():  # each one removed by the stack as soon as it exists
             self.rundir: Path = stack.enter_context(RunDir())
             self.ns = stack.enter_context(Namespace())
             self.shm = stack.enter_context(ShmFile(cfg.ram_mib, shm_dir))
-        self.source: VM | None = None
-        self.target: VM | None = None
+            stack.callback(self.retire)  # every QEMU, before the namespace goes
         self.host_tap = TAP0  # the TAP that holds the host's IP and MAC, and serves the source
         self.hop = 0  # migrations done so far
-        # The guest's echo servers (harness.run.traffic) run; its latest queue counters.
-        self.guest_servers = False
+        # The guest's latest queue counters (harness.run.guest_traffic): a hop counts from it.
         self.queue_baseline: QueueCounts | None = None
+
+    def serving(self) -> VM:
+        """The QEMU that runs the guest now."""
+        if self.source is None:
+            raise InternalError("a step that needs the serving QEMU ran before the boot")
+        return self.source
+
+    def pair_of_vms(self) -> tuple[VM, VM]:
+        """The hop's source and target, while it migrates."""
+        if self.source is None or self.target is None:
+            raise InternalError("a migration step ran without both a source and a target")
+        return self.source, self.target
+
+    def retire(self, *keep: VM) -> None:
+        """Every QEMU but those kept goes, the newest first (a half-started target before
+        the QEMU it was to replace), each shut down by its own stack."""
+        going = [(vm, stack) for vm, stack in reversed(self.qemus) if vm not in keep]
+        self.qemus = [(vm, s) for vm, s in self.qemus if vm in keep]
+        failed: list[Exception] = []
+        for vm, stack in going:  # each one closed even if another's teardown failed
+            try:
+                stack.close()
+            except Exception as exc:
+                self.log(f"teardown of {vm.name} failed: {exc}")
+                failed.append(exc)
+        if self.target not in keep:
+            self.target = None
+        if self.source not in keep:
+            self.source = None
+        if failed:
+            raise failed[0]
 
     def notify(self, phase: Phase) -> None:
         """Every observer, in order, at this phase of the hop."""
@@ -121,37 +154,44 @@ class Lab:
                                  incoming=incoming)
 
     def launch(self, name: str, incoming: bool, side: Side | None = None) -> VM:
-        """A QEMU with no NIC yet, owned by the run's ExitStack."""
+        """A QEMU with no NIC yet, in an ExitStack of its own (retire() closes it)."""
         side = side or (self.target_side() if incoming else self.side())
-        return self.stack.enter_context(VM(name, side.qemu, self.vm_args(incoming, name, side),
-                                           self.rundir, prefix=self.ns.exec_prefix(),
-                                           qmp_timeout=self.cfg.qmp_timeout))
+        stack = ExitStack()
+        with signals_deferred():  # kept in self.qemus as soon as it exists
+            vm = stack.enter_context(VM(name, side.qemu, self.vm_args(incoming, name, side),
+                                        self.rundir, prefix=self.ns.exec_prefix(),
+                                        qmp_timeout=self.cfg.qmp_timeout))
+            self.qemus.append((vm, stack))
+        return vm
 
-    def netdev(self, incoming: bool, side: Side | None = None) -> dict[str, Any]:
-        """netdev_add's arguments, in the interface this side speaks."""
+    def netdev(self, incoming: bool, side: Side | None = None,
+               mode: Mode | None = None) -> dict[str, Any]:
+        """netdev_add's arguments, in the interface this side speaks, for the run's mode
+        (or `mode`)."""
         side = side or (self.target_side() if incoming else self.side())
-        return side.netdev(self.cfg.mode, self.cfg.queues, self.cfg.vhost,
+        return side.netdev(mode or self.cfg.mode, self.cfg.queues, self.cfg.vhost,
                            self.target_tap() if incoming else self.host_tap, incoming)
 
-    def nic(self, side: Side | None = None) -> dict[str, Any]:
-        return (side or self.side()).nic(self.cfg.mode, self.cfg.queues, GUEST_MAC)
+    def nic(self, side: Side | None = None, mode: Mode | None = None) -> dict[str, Any]:
+        return (side or self.side()).nic(mode or self.cfg.mode, self.cfg.queues, GUEST_MAC)
 
-    def prepare_migration(self, vm: VM) -> None:
+    def prepare_migration(self, vm: VM, mode: Mode | None = None) -> None:
         """Capabilities, then `local`, before the TAP exists: the final interface needs
         that order and v12 accepts it."""
         side = self.side(vm.binary)
         vm.cmd("migrate-set-capabilities",
                capabilities=side.migration_capabilities(self.cfg.pause_before_switchover))
-        if params := side.migration_parameters(self.cfg.mode):
+        if params := side.migration_parameters(mode or self.cfg.mode):
             vm.cmd("migrate-set-parameters", params)
 
-    def start_vm(self, name: str, incoming: bool) -> VM:
-        """A QEMU with the NIC on the right TAP, ready to boot or to receive."""
+    def start_vm(self, name: str, incoming: bool, mode: Mode | None = None) -> VM:
+        """A QEMU with the NIC on the right TAP, ready to boot or to receive, set up for
+        the run's mode (or `mode`)."""
         side = self.target_side() if incoming else self.side()
         vm = self.launch(name, incoming, side)
-        self.prepare_migration(vm)
-        vm.cmd("netdev_add", self.netdev(incoming, side))
-        vm.cmd("device_add", self.nic(side))
+        self.prepare_migration(vm, mode)
+        vm.cmd("netdev_add", self.netdev(incoming, side, mode))
+        vm.cmd("device_add", self.nic(side, mode))
         return vm
 
     def guest_pings_host(self, vm: VM) -> None:
