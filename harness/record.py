@@ -81,7 +81,7 @@ class RunRecord:
     # flow's together. Local migration promises none (what arrives while the VM is
     # stopped waits in the TAP); new-TAP drops what reaches the old TAP.
     lost_in_window: int | None = None
-    # Traffic beyond ICMP (harness.run.traffic); blackout_ms stays the ICMP figure.
+    # Traffic beyond ICMP (harness.run.hop_probes); blackout_ms stays the ICMP figure.
     vcpus: int = 1  # with vcpus >= queues, every queue pair is live in the guest
     flows: int = 0  # K UDP flows on distinct ports; 0: not run
     all_queues: bool = False  # the guest enabled every queue pair after the hop
@@ -118,7 +118,7 @@ class RunRecord:
     shard: str | None = None
     cpu_model: str = ""
     footprint: dict[str, Any] | None = None
-    phases: dict[str, float] = field(default_factory=dict)  # seconds, per step of a hop
+    step_s: dict[str, float] = field(default_factory=dict)  # seconds, per step of a hop
     # Where the ICMP blackout went, and the worst flow's: QEMU's downtime checkpoints
     # and the harness's own steps, on one clock (harness.analysis.downtime.Breakdown).
     downtime_breakdown: dict[str, Any] | None = None
@@ -135,8 +135,10 @@ class RunRecord:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise UsageError(f"{source}: not a tapmig run record (expected schema {SCHEMA!r})")
         known = {f.name for f in fields(cls)}
-        if "probe" in data and "prober" not in data:  # records written before the rename
-            data = {**data, "prober": data["probe"]}
+        # Records written under earlier names of two fields.
+        for old, new in (("probe", "prober"), ("phases", "step_s")):
+            if old in data and new not in data:
+                data = {**data, new: data[old]}
         try:
             rec = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:

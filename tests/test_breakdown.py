@@ -19,7 +19,7 @@ import pytest
 from harness.analysis.downtime import Breakdown
 from harness.record import RunRecord
 from harness.run.lab import Lab
-from harness.run.observer import Phase
+from harness.run.observer import Moment
 from tests.support.shared import Hopper, Key, SharedGuest, on
 
 pytestmark = pytest.mark.kvm
@@ -73,7 +73,7 @@ class HoldTarget:
     def __init__(self) -> None:
         self.held: float | None = None
 
-    def __call__(self, phase: Phase, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab) -> None:
         if phase != "migrated" or lab.target is None or lab.target.pid is None:
             return
         pid, t0 = lab.target.pid, time.monotonic()

@@ -36,7 +36,7 @@ from harness.run import timings
 from harness.run.chain import SETTLE_S, TAIL_S, Chain, ChainRun
 from harness.run.config import Config
 from harness.run.lab import Lab
-from harness.run.observer import Observer, Phase
+from harness.run.observer import Moment, Observer
 from harness.vocabulary import AccelChoice, Mode
 from tests.support import REPO, call_tapmig, interruptible
 from tests.support.shared import Hopper, Key, SharedGuest, on
@@ -69,9 +69,9 @@ def test_a_chain_of_hops_keeps_the_guest_and_leaks_nothing(booted: SharedGuest,
             for _ in range(HOPS)]
     assert [(r.status, r.error) for r in recs] == [("ok", None)] * HOPS
     # Every step of every hop, timed on the clock of its duration_s (rounded to 1 ms).
-    assert all(tuple(r.phases) == timings.NAMES for r in recs), recs[0].phases
-    assert all(sum(r.phases.values()) <= (r.duration_s or 0) + 0.001 for r in recs), \
-        [(r.phases, r.duration_s) for r in recs]
+    assert all(tuple(r.step_s) == timings.NAMES for r in recs), recs[0].step_s
+    assert all(sum(r.step_s.values()) <= (r.duration_s or 0) + 0.001 for r in recs), \
+        [(r.step_s, r.duration_s) for r in recs]
     fds = [(r.footprint or {})["qemu_fds"] for r in recs]
     assert fds[-1] == fds[0], fds
     summary = chain_summaries(recs)[0]
@@ -94,7 +94,7 @@ def test_a_failing_hop_ends_the_chain_and_keeps_the_finished_ones(
         tmp_path: Path) -> None:
     """The target of hop 3 is killed at switchover: hops 1-2 stay recorded, hop 3 says
     why, and the source it left serving (the target of hop 2) is shut down cleanly."""
-    def kill_third_target(phase: Phase, lab: Lab) -> None:
+    def kill_third_target(phase: Moment, lab: Lab) -> None:
         if phase == "switchover" and lab.hop == 2:
             assert lab.target is not None
             lab.target.kill()
@@ -108,7 +108,7 @@ def test_a_failing_hop_ends_the_chain_and_keeps_the_finished_ones(
         "MigrationError", "source", "failed")
     assert failed.checks["last_good_qemu"] == {"qemu": "target-2", "exit_status": 0}
     # Where its time went, as far as it got: the migration never completed.
-    assert list(failed.phases) == ["settle"] and failed.phases["settle"] > 0, failed.phases
+    assert list(failed.step_s) == ["settle"] and failed.step_s["settle"] > 0, failed.step_s
     assert (tmp_path / failed.artifacts["ping"]).stat().st_size > 0
     assert chain_summaries(recs)[0]["end"].startswith(
         "ended at hop 3 after 2 ok: MigrationError: migration failed on the source")
@@ -159,7 +159,7 @@ def test_ctrl_c_keeps_every_finished_hop_and_names_the_interruption(
     assert all(r.status == "ok" for r in recs[:-1]) and len(recs) >= 4
     last = recs[-1]
     assert (last.status, (last.failure or {}).get("kind")) == ("failed", "Interrupted")
-    assert tuple(last.phases) == timings.NAMES[:len(last.phases)], last.phases  # as far as it got
+    assert tuple(last.step_s) == timings.NAMES[:len(last.step_s)], last.step_s  # as far as it got
     assert last.checks["last_good_qemu"]["exit_status"] == 0
     assert chain["ok"] == len(recs) - 1 and "Interrupted" in chain["end"]
 

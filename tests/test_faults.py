@@ -39,7 +39,7 @@ from harness.record import RunRecord
 from harness.run import steps
 from harness.run.config import Config
 from harness.run.lab import Lab
-from harness.run.observer import Phase
+from harness.run.observer import Moment
 from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice
 from tests.support import children, cmdline
@@ -67,13 +67,13 @@ class Fault:
     is about: "source" and "target" in a run, and on a guest that already hopped the
     source is the target of an earlier hop ("target-3")."""
 
-    def __init__(self, phase: Phase, strike: Callable[[Lab], Any]) -> None:
+    def __init__(self, phase: Moment, strike: Callable[[Lab], Any]) -> None:
         self.phase = phase
         self.strike = strike
         self.at: float | None = None
         self.source = self.target = ""
 
-    def __call__(self, phase: Phase, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab) -> None:
         if phase == self.phase:
             self.at = time.monotonic()
             self.source = lab.source.name if lab.source is not None else ""

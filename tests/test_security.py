@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 
 from harness.run.config import GUEST_IP
 from harness.run.lab import Lab
-from harness.run.observer import Phase
+from harness.run.observer import Moment
 from tests.support import REPO
 from tests.support.shared import Hopper, Key, SharedGuest, on
 
@@ -110,7 +110,7 @@ def test_private_rundir_and_untouched_root_namespace(booted: SharedGuest, hop: H
     guest is then shared by the tests that follow: it is booted afresh for this one."""
     seen: dict[str, Any] = {}
 
-    def look(phase: Phase, m: Lab) -> None:
+    def look(phase: Moment, m: Lab) -> None:
         vms = [vm for vm in (m.source, m.target) if vm is not None]
         seen[phase] = {
             "guest net in root": guest_net_in_root(root_net()),
@@ -130,7 +130,7 @@ def test_private_rundir_and_untouched_root_namespace(booted: SharedGuest, hop: H
     after = root_net()
     assert rec.status == "ok", rec.error
     socket_mode = seen.pop("migration socket")
-    assert list(seen) == list(get_args(Phase))  # every phase, in the order a run goes
+    assert list(seen) == list(get_args(Moment))  # every phase, in the order a run goes
     for phase, at in seen.items():
         assert at["guest net in root"] == [], phase
         assert stat.S_IMODE(at["rundir"].st_mode) == 0o700, phase

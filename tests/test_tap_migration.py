@@ -28,7 +28,7 @@ from harness.qemu.capabilities import Capabilities
 from harness.record import RunRecord
 from harness.run.config import Config
 from harness.run.lab import Lab
-from harness.run.observer import Phase
+from harness.run.observer import Moment
 from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice, Mode
 from tests.support import skip_unless_local
@@ -61,7 +61,7 @@ class Clock:
     def __init__(self) -> None:
         self.probing: float | None = None
 
-    def __call__(self, phase: Phase, _lab: Lab) -> None:
+    def __call__(self, phase: Moment, _lab: Lab) -> None:
         if phase == "probing":
             self.probing = time.time()
 

@@ -41,7 +41,7 @@ from harness.probes import driver
 from harness.record import RunRecord
 from harness.run.config import GUEST_IP, Config
 from harness.run.lab import Lab
-from harness.run.observer import Observer, Phase
+from harness.run.observer import Moment, Observer
 from harness.testing.plugin import RunFactory
 from harness.vocabulary import AccelChoice
 from tests.support.shared import Hopper, Key, SharedGuest, on
@@ -113,7 +113,7 @@ class Detacher:
         self.queue = queue
         self.done = False
 
-    def __call__(self, phase: Phase, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab) -> None:
         if phase != "resumed":
             return
         assert lab.source is not None and lab.source.pid is not None
@@ -132,7 +132,7 @@ class Stealer:
         self.queue = queue
         self.proc: subprocess.Popen[str] | None = None
 
-    def __call__(self, phase: Phase, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab) -> None:
         if phase != "resumed":
             return
         assert lab.source is not None and lab.source.pid is not None
@@ -259,13 +259,13 @@ def test_a_detached_queue_fails_the_run_naming_it(booted: SharedGuest, hop: Hopp
     assert all(f["answered"] > 0 for f in rec.checks["fresh_flows"])
 
 
-def reset_from_host(phase: Phase, lab: Lab) -> None:
+def reset_from_host(phase: Moment, lab: Lab) -> None:
     if phase == "resumed":
         subprocess.run([*lab.ns.exec_prefix(), "ss", "-K", "dst", GUEST_IP, "dport", "=",
                         f":{driver.TCP_PORT}"], check=True, capture_output=True, timeout=10)
 
 
-def kill_guest_end(phase: Phase, lab: Lab) -> None:
+def kill_guest_end(phase: Moment, lab: Lab) -> None:
     if phase == "resumed":
         assert lab.source is not None
         lab.source.run_console("kill $(pidof cat) && echo TAPMIG-KILLED-\"CAT\"",

@@ -29,7 +29,7 @@ from harness.report.render import render_markdown
 from harness.run import footprint
 from harness.run.config import Config
 from harness.run.lab import Lab
-from harness.run.observer import Phase
+from harness.run.observer import Moment
 from harness.run.scenario import run
 from harness.vocabulary import AccelChoice, Log, Mode
 
@@ -48,7 +48,7 @@ class Sampler:
 
     rss_kib: list[int] = field(default_factory=list)
 
-    def __call__(self, phase: Phase, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab) -> None:
         if phase == "switchover":
             self.rss_kib.extend(vm_rss_kib(vm) for vm in (lab.source, lab.target) if vm)
 
@@ -127,10 +127,10 @@ def _wall_s(recs: list[RunRecord]) -> float:
 
 
 def _phase_line(recs: list[RunRecord]) -> str:
-    names = list(dict.fromkeys(k for r in recs for k in r.phases))
-    parts = [f"{k} {statistics.median(r.phases[k] for r in recs if k in r.phases):.3f}"
+    names = list(dict.fromkeys(k for r in recs for k in r.step_s))
+    parts = [f"{k} {statistics.median(r.step_s[k] for r in recs if k in r.step_s):.3f}"
              for k in names]
-    rest = [(r.duration_s or 0.0) - sum(r.phases.values()) for r in recs]
+    rest = [(r.duration_s or 0.0) - sum(r.step_s.values()) for r in recs]
     return ", ".join([*parts, f"retire+record {statistics.median(rest):.3f}"])
 
 

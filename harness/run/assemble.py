@@ -148,7 +148,7 @@ def assemble(ctx: Context, hop: HopResult | None, error: BaseException | None,
         fields.update(_sides(hop), **(_observed(o) if o is not None else {}),
                       **(_icmp(a, o) if a is not None and o is not None else {}),
                       **_traffic(a, hop.verified), checks=_checks(hop),
-                      started=hop.plan.started, phases=dict(hop.step_s),
+                      started=hop.plan.started, step_s=dict(hop.step_s),
                       footprint=hop.footprint.to_json() if hop.footprint else None)
     return RunRecord(**fields)
 

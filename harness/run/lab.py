@@ -36,7 +36,7 @@ from harness.run.config import (
     TAP_MAC,
     Config,
 )
-from harness.run.observer import Observer, Phase
+from harness.run.observer import Moment, Observer
 from harness.run.setup import Setup
 from harness.vocabulary import Log, Mode
 
@@ -94,10 +94,10 @@ class Lab:
         if failed:
             raise failed[0]
 
-    def notify(self, phase: Phase) -> None:
-        """Every observer, in order, at this phase of the hop."""
+    def notify(self, moment: Moment) -> None:
+        """Every observer, in order, at this moment of the hop."""
         for observer in self.observers:
-            observer(phase, self)
+            observer(moment, self)
 
     @property
     def local(self) -> bool:

@@ -1,12 +1,13 @@
-"""What watches or perturbs a run from outside: one interface, handed to the run.
+"""What watches or perturbs a hop from outside: one interface, handed to the session.
 
-Fault injection, phase timing, footprint sampling and bench all need the same
-thing: to be called when a hop reaches a phase, with the Lab. They are passed to
-`scenario.run` or a chain's Runner as observers, never stored in the Config, so
-a Config stays what the user asked for.
+Fault injection, step timing, footprint sampling and bench all need the same thing: to
+be called when a hop reaches a moment, with the Lab (which holds the QEMUs of that
+moment). They are passed to the Session beside the Config, never stored in it, so a
+Config stays what the user asked for.
 
-The phases of a hop, in order:
-- booted: the source guest is up (once per run or chain);
+The moments of a hop, in order (a step of harness.run.timings runs from one to the
+next; the blackout's phases are another thing, harness.analysis.downtime's):
+- booted: the source guest is up (once per session);
 - probing: the probes run and the target is about to start;
 - migrating: the target listens; `migrate` is about to be sent;
 - switchover: the migration is held at pre-switchover (only with
@@ -22,19 +23,19 @@ import time
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
-Phase = Literal["booted", "probing", "migrating", "switchover", "migrated", "resuming",
-                "resumed"]
+Moment = Literal["booted", "probing", "migrating", "switchover", "migrated", "resuming",
+                 "resumed"]
 
 
 L = TypeVar("L")
-# Called at each phase a hop reaches, with the run's Lab (harness.run.lab, which
-# holds the observers: Observer[Lab]); what it raises fails the run like any fault.
-Observer = Callable[[Phase, L], None]
+# Called at each moment a hop reaches, with the session's Lab (harness.run.lab, which
+# holds the observers: Observer[Lab]); what it raises fails the hop like any fault.
+Observer = Callable[[Moment, L], None]
 
 
-class PhaseClock:
-    """When each phase of the current hop was reached, before any later observer ran;
-    the run adds its own steps (start, analysed, verified, sampled) with mark(). The
+class StepClock:
+    """When each moment of the current hop was reached, before any later observer ran;
+    the session adds its own (start, analysed, verified, sampled) with mark(). The
     marks only give durations, so they come from time.monotonic(), the clock of the
     hop's duration_s: the wall clock can step mid-hop (2.3 s once in a 1000-hop soak
     here), and the steps would then add up to more than the hop took."""
@@ -46,9 +47,8 @@ class PhaseClock:
         """A new hop: forget the last one's marks."""
         self.marks = {"start": time.monotonic()}
 
-    def mark(self, step: str) -> None:
-        self.marks[step] = time.monotonic()
+    def mark(self, moment: str) -> None:
+        self.marks[moment] = time.monotonic()
 
-    def __call__(self, phase: Phase, lab: object) -> None:
-        self.mark(phase)
-
+    def __call__(self, moment: Moment, lab: object) -> None:
+        self.mark(moment)

@@ -36,10 +36,10 @@ from harness.report import timeline
 from harness.run import analyse, footprint, guest_traffic, judge, steps
 from harness.run.config import Config
 from harness.run.lab import Lab
-from harness.run.observer import Observer, PhaseClock
+from harness.run.observer import Observer, StepClock
 from harness.run.results import Analysed, HopResult, Observed, Verified
 from harness.run.setup import Setup
-from harness.run.timings import hop_timings
+from harness.run.timings import step_seconds
 from harness.vocabulary import Log
 
 MIGRATION_EVENTS = ("MIGRATION", "STOP", "RESUME")
@@ -55,7 +55,7 @@ class Session:
     def __init__(self, cfg: Config, setup: Setup, log: Log,
                  observers: Sequence[Observer[Lab]] = (), shm_dir: Path = SHM_DIR) -> None:
         self.cfg, self.setup, self.log = cfg, setup, log
-        self.clock = PhaseClock()
+        self.clock = StepClock()
         self.observers: tuple[Observer[Lab], ...] = (self.clock, *observers)
         self.shm_dir = shm_dir
         self.hops = 0  # hops started
@@ -116,7 +116,7 @@ class Session:
         except (TapmigError, KeyboardInterrupt) as exc:
             error = exc
         return HopResult(plan, observed, analysed, verified, sampled, error,
-                         round(time.monotonic() - t0, 3), hop_timings(self.clock))
+                         round(time.monotonic() - t0, 3), step_seconds(self.clock))
 
     def _ready(self, cfg: Config, observers: Sequence[Observer[Lab]]) -> None:
         """The last hop's leftovers gone and this hop's Config and observers in place."""

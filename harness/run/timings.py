@@ -1,4 +1,5 @@
-"""Seconds per step of one hop, from the PhaseClock's monotonic marks.
+"""Seconds per step of one hop (settle, migrate ...), from the StepClock's monotonic
+marks; the record keeps them as step_s.
 
 Steps are consecutive: each runs from one mark to the next that exists, so a hop that
 failed or was interrupted still shows where its time went up to that point.
@@ -6,7 +7,7 @@ failed or was interrupted still shows where its time went up to that point.
 
 from __future__ import annotations
 
-from harness.run.observer import PhaseClock
+from harness.run.observer import StepClock
 
 # (step, the mark that ends it), in the order a hop reaches them. "switchover" is
 # reached only with pause_before_switchover, so it is not a step boundary.
@@ -18,7 +19,7 @@ STEPS = (("settle", "migrating"), ("migrate", "migrated"),
 NAMES = tuple(step for step, _ in STEPS)
 
 
-def hop_timings(clock: PhaseClock) -> dict[str, float]:
+def step_seconds(clock: StepClock) -> dict[str, float]:
     """settle, migrate, switch_host, cont, tail, verify, sample: as many as the hop got
     to."""
     marks = clock.marks
