@@ -360,3 +360,60 @@ def test_no_module_over_400_lines() -> None:
         if length > MAX_MODULE_LINES:
             found.append(f"{rel(name)}:1: {length} lines")
     assert not found, (f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(found))
+
+
+# -- the hop's one driver, and who changes a Lab -------------------------------------------
+
+# The functions that make a hop happen; only the session calls them.
+HOP_STEPS = frozenset({"observe", "on_target"})
+LAB_STATE = frozenset({"source", "target", "host_tap", "hop", "queue_baseline", "cfg",
+                       "observers", "qemus"})
+
+
+def python_files() -> dict[str, ast.Module]:
+    """harness/ and tests/, by path relative to the repo."""
+    paths = [*HARNESS.rglob("*.py"), *(REPO / "tests").rglob("*.py"), REPO / "conftest.py"]
+    return {str(p.relative_to(REPO)): ast.parse(p.read_text(), str(p)) for p in paths}
+
+
+def calls_of(module: ast.Module, names: frozenset[str]) -> list[int]:
+    """Lines that call steps.NAME(...) for one of the names."""
+    return [n.lineno for n in ast.walk(module)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr in names and isinstance(n.func.value, ast.Name)
+            and n.func.value.id == "steps"]
+
+
+def test_one_place_drives_a_hop() -> None:
+    """run, chains, benches and the suite's shared guests all hop through the Session."""
+    drivers = {path for path, module in python_files().items()
+               if calls_of(module, HOP_STEPS)}
+    assert drivers == {"harness/run/session.py"}
+
+
+def lab_writes(module: ast.Module) -> list[str]:
+    """`x.ATTR = ...` (or +=) for a Lab's state, outside a class's own `self`."""
+    found = []
+    for node in ast.walk(module):
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else [])
+        for t in targets:
+            for el in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                if (isinstance(el, ast.Attribute) and el.attr in LAB_STATE
+                        and not (isinstance(el.value, ast.Name) and el.value.id == "self")):
+                    found.append(f"{ast.unparse(el)} (line {el.lineno})")
+    return found
+
+
+def test_nothing_outside_run_changes_a_lab() -> None:
+    """Only harness.run's steps and session change who serves, which TAP holds the host's
+    address and what the guest's queues count from; tests and other packages read."""
+    outside = {path: writes for path, module in python_files().items()
+               if not path.startswith("harness/run/") and (writes := lab_writes(module))}
+    assert outside == {}
+
+
+def test_the_lab_write_finder_finds_writes() -> None:
+    module = ast.parse("lab.source, lab.target = a, None\nm.hop += 1\nself.cfg = c\n")
+    assert lab_writes(module) == ["lab.source (line 1)", "lab.target (line 1)",
+                                  "m.hop (line 2)"]
