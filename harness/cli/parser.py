@@ -79,7 +79,7 @@ def _vcpus(text: str) -> int | str:
 
 
 def _traffic(p: argparse.ArgumentParser) -> None:
-    """What crosses the migration besides ICMP (harness.run.traffic)."""
+    """What crosses the migration besides ICMP (harness.run.hop_probes)."""
     p.add_argument("--vcpus", type=_vcpus, default=1,
                    help="guest vCPUs, or 'queues' for one per queue pair: the guest uses "
                         "min(queue pairs, vCPUs) queue pairs (default 1)")
