@@ -366,7 +366,7 @@ def test_no_module_over_400_lines() -> None:
 
 # The functions that make a hop happen; only the session calls them.
 HOP_STEPS = frozenset({"observe", "on_target"})
-LAB_STATE = frozenset({"source", "target", "host_tap", "hop", "queue_baseline", "cfg",
+LAB_STATE = frozenset({"source", "target", "host_tap", "migrations", "queue_baseline", "cfg",
                        "observers", "qemus"})
 
 
@@ -414,6 +414,6 @@ def test_nothing_outside_run_changes_a_lab() -> None:
 
 
 def test_the_lab_write_finder_finds_writes() -> None:
-    module = ast.parse("lab.source, lab.target = a, None\nm.hop += 1\nself.cfg = c\n")
+    module = ast.parse("lab.source, lab.target = a, None\nm.migrations += 1\nself.cfg = c\n")
     assert lab_writes(module) == ["lab.source (line 1)", "lab.target (line 1)",
-                                  "m.hop (line 2)"]
+                                  "m.migrations (line 2)"]

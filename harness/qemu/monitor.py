@@ -113,7 +113,7 @@ class Monitor:
             self._listener.clear()
         return True
 
-    def settle(self, seconds: float) -> bool:
+    def drain(self, seconds: float) -> bool:
         """Let the loop read what is in the socket for a moment (QEMU's last events before
         it exited); True if any event came in."""
         if self._loop.is_closed():

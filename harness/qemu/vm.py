@@ -354,7 +354,7 @@ class VM:
         if not self.is_running():
             # Read what QEMU sent just before it exited (a MIGRATION failed, say), so
             # that a death is reported only after QEMU's last words.
-            if monitor.settle(0.1):
+            if monitor.drain(0.1):
                 return
             raise self._error(f"{self.name}: QEMU died while waiting for {name}\n"
                               f"{self.diagnostics()}")

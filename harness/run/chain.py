@@ -31,7 +31,7 @@ from harness.run.lab import Lab
 from harness.run.observer import Observer
 from harness.run.results import HopResult
 from harness.run.session import Session, now
-from harness.run.setup import Setup, settle
+from harness.run.setup import Setup, run_setup
 from harness.vocabulary import Log
 
 Emit = Callable[[RunRecord], None]
@@ -76,7 +76,7 @@ class ChainRun:
     def run(self) -> None:
         t0 = time.monotonic()
         try:
-            setup = settle(self.cfg, self.log, self.setup)
+            setup = run_setup(self.cfg, self.log, self.setup)
         except TapmigError as exc:
             self.emit(assemble(self.ctx, None, exc, None))
             return

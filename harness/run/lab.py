@@ -59,7 +59,7 @@ class Lab:
             self.shm = stack.enter_context(ShmFile(cfg.ram_mib, shm_dir))
             stack.callback(self.retire)  # every QEMU, before the namespace goes
         self.host_tap = TAP0  # the TAP that holds the host's IP and MAC, and serves the source
-        self.hop = 0  # migrations done so far
+        self.migrations = 0  # migrations done so far
         # The guest's latest queue counters (harness.run.guest_traffic): a hop counts from it.
         self.queue_baseline: QueueCounts | None = None
 

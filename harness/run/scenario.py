@@ -19,7 +19,7 @@ from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer
 from harness.run.session import Session, now
-from harness.run.setup import Setup, settle
+from harness.run.setup import Setup, run_setup
 from harness.vocabulary import Log
 
 
@@ -31,7 +31,7 @@ def run(cfg: Config, log: Log = print, setup: Setup | None = None,
     gone."""
     started, t0 = now(), time.monotonic()
     try:
-        setup = settle(cfg, log, setup)
+        setup = run_setup(cfg, log, setup)
     except TapmigError as exc:
         return _kept(cfg, assemble(Context(cfg, None, started), None, exc,
                                    round(time.monotonic() - t0, 3)))

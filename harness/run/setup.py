@@ -131,7 +131,7 @@ def preflight(cfg: Config, log: Log, modes: Sequence[Mode] | None = None,
     return Setup.of(cfg, caps, chosen, name, reason, checked)
 
 
-def settle(cfg: Config, log: Log, setup: Setup | None = None) -> Setup:
+def run_setup(cfg: Config, log: Log, setup: Setup | None = None) -> Setup:
     """The Setup a run starts from: the one given, which refuses this run's variant if
     its preflight found these QEMUs lacking (a variant it did not check is checked
     here, against its capabilities: no QEMU started); else one settled here."""

@@ -65,7 +65,7 @@ def plan(lab: Lab, number: int, started: str) -> HopPlan:
     """Hop `number` of the guest the Lab's source serves: who takes part and where its
     files go."""
     src = lab.serving()
-    done = lab.hop  # migrations so far: a failed one reuses its names
+    done = lab.migrations  # migrations so far: a failed one reuses its names
     target = "target" if done == 0 else f"target-{done + 1}"
     return HopPlan(number, started, (lab.side(src.binary), lab.target_side()),
                    (src.name, target), (lab.host_tap, lab.target_tap()),
@@ -177,7 +177,7 @@ def resume(lab: Lab, plan: HopPlan) -> Resumed:
     held = held_files(src, dst, plan.taps)
     src.shutdown()
     lab.source, lab.target = dst, None
-    lab.hop += 1
+    lab.migrations += 1
     return Resumed(stopped, resumed, sent, held)
 
 

@@ -47,7 +47,7 @@ BOOT_FIELDS = frozenset({"qemu", "mode", "accel", "vhost", "queues", "vcpus", "r
                          "guest", "cache", "boot_timeout"})
 # The guest's echo servers start once, for as many flows as any hop may ask for.
 MAX_FLOWS = 8
-SETTLE_S = 5.0  # for a source whose migration failed to run again (QEMU resumes it)
+RESUME_WITHIN_S = 5.0  # for a source whose migration failed to run again (QEMU resumes it)
 
 
 # A boot is no subject of these tests, only their precondition: four TCG vCPUs on a
@@ -176,7 +176,7 @@ class SharedGuest:
         """The guest, booted anew if it is gone or, after a failed hop, no longer serves."""
         if self.booted is not None and self.booted.doubt:
             self.booted.doubt = False
-            if not self.booted.session.recover(SETTLE_S):
+            if not self.booted.session.recover(RESUME_WITHIN_S):
                 self.spend()
         if self.booted is None:
             ident = f"shared-{self.key}-{secrets.token_hex(3)}"
