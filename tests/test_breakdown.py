@@ -73,7 +73,7 @@ class HoldTarget:
     def __init__(self) -> None:
         self.held: float | None = None
 
-    def __call__(self, phase: Moment, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab, _result: object) -> None:
         if phase != "migrated" or lab.target is None or lab.target.pid is None:
             return
         pid, t0 = lab.target.pid, time.monotonic()

@@ -94,7 +94,7 @@ def test_a_failing_hop_ends_the_chain_and_keeps_the_finished_ones(
         tmp_path: Path) -> None:
     """The target of hop 3 is killed at switchover: hops 1-2 stay recorded, hop 3 says
     why, and the source it left serving (the target of hop 2) is shut down cleanly."""
-    def kill_third_target(phase: Moment, lab: Lab) -> None:
+    def kill_third_target(phase: Moment, lab: Lab, _result: object) -> None:
         if phase == "switchover" and lab.migrations == 2:
             assert lab.target is not None
             lab.target.kill()

@@ -73,7 +73,7 @@ class Fault:
         self.at: float | None = None
         self.source = self.target = ""
 
-    def __call__(self, phase: Moment, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab, _result: object) -> None:
         if phase == self.phase:
             self.at = time.monotonic()
             self.source = lab.source.name if lab.source is not None else ""

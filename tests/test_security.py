@@ -106,11 +106,14 @@ def guest_net_in_root(net: Net) -> list[tuple[Any, ...]]:
 @on(Key("new-tap"))
 def test_private_rundir_and_untouched_root_namespace(booted: SharedGuest, hop: Hopper) -> None:
     """A boot and a new-TAP hop (which moves the host address between TAPs) looked at
-    from an observer at every phase, then compared with the host as it was. The
-    guest is then shared by the tests that follow: it is booted afresh for this one."""
+    from an observer at every moment, then compared with the host as it was. The
+    guest is then shared by the tests that follow: it is booted afresh for this one.
+    The observer is also handed each moment's result."""
     seen: dict[str, Any] = {}
+    results: dict[str, str] = {}
 
-    def look(phase: Moment, m: Lab) -> None:
+    def look(phase: Moment, m: Lab, result: object) -> None:
+        results[phase] = type(result).__name__
         vms = [vm for vm in (m.source, m.target) if vm is not None]
         seen[phase] = {
             "guest net in root": guest_net_in_root(root_net()),
@@ -130,7 +133,12 @@ def test_private_rundir_and_untouched_root_namespace(booted: SharedGuest, hop: H
     after = root_net()
     assert rec.status == "ok", rec.error
     socket_mode = seen.pop("migration socket")
-    assert list(seen) == list(get_args(Moment))  # every phase, in the order a run goes
+    assert list(seen) == list(get_args(Moment))  # every moment, in the order a run goes
+    assert results == {
+        "booted": "float", "started": "HopPlan", "probing": "NoneType",
+        "migrating": "NoneType", "switchover": "NoneType", "migrated": "Migration",
+        "resuming": "Switch", "resumed": "Resumed", "analysed": "Analysed",
+        "verified": "Verified", "sampled": "Footprint"}
     for phase, at in seen.items():
         assert at["guest net in root"] == [], phase
         assert stat.S_IMODE(at["rundir"].st_mode) == 0o700, phase

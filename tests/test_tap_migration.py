@@ -61,7 +61,7 @@ class Clock:
     def __init__(self) -> None:
         self.probing: float | None = None
 
-    def __call__(self, phase: Moment, _lab: Lab) -> None:
+    def __call__(self, phase: Moment, _lab: Lab, _result: object) -> None:
         if phase == "probing":
             self.probing = time.time()
 

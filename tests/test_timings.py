@@ -22,18 +22,18 @@ def clock_at(**marks: float) -> StepClock:
 
 def test_a_whole_hop_has_every_step_in_order() -> None:
     ends = {end: 10.0 + i for i, (_, end) in enumerate(STEPS, 1)}
-    got = step_seconds(clock_at(start=10.0, **ends))
+    got = step_seconds(clock_at(started=10.0, **ends))
     assert tuple(got) == NAMES and all(v == 1.0 for v in got.values())
 
 
 def test_a_failed_hop_stops_at_the_last_mark_it_reached() -> None:
     """A target killed at switchover: `migrated` is never reached, so only settle."""
-    got = step_seconds(clock_at(start=5.0, migrating=5.4, switchover=5.5))
+    got = step_seconds(clock_at(started=5.0, migrating=5.4, switchover=5.5))
     assert got == {"settle": pytest.approx(0.4)}
 
 
 def test_a_hop_that_reached_no_step_has_none() -> None:
-    assert step_seconds(clock_at(start=1.0)) == {}
+    assert step_seconds(clock_at(started=1.0)) == {}
     assert step_seconds(StepClock()) == {}
 
 
@@ -41,10 +41,12 @@ def test_a_mark_is_on_the_monotonic_clock() -> None:
     """The steps must add up to at most the hop's duration_s, which is monotonic."""
     before = time.monotonic()
     clock = StepClock()
-    clock.start()
+    clock("resumed", None)
+    clock("started", None)  # a new hop forgets the last one's marks
     clock("migrating", None)
     after = time.monotonic()
-    assert before <= clock.marks["start"] <= clock.marks["migrating"] <= after
+    assert list(clock.marks) == ["started", "migrating"]
+    assert before <= clock.marks["started"] <= clock.marks["migrating"] <= after
 
 
 def test_a_record_written_when_step_timings_were_called_phases_still_loads_them() -> None:

@@ -113,7 +113,7 @@ class Detacher:
         self.queue = queue
         self.done = False
 
-    def __call__(self, phase: Moment, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab, _result: object) -> None:
         if phase != "resumed":
             return
         assert lab.source is not None and lab.source.pid is not None
@@ -132,7 +132,7 @@ class Stealer:
         self.queue = queue
         self.proc: subprocess.Popen[str] | None = None
 
-    def __call__(self, phase: Moment, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab, _result: object) -> None:
         if phase != "resumed":
             return
         assert lab.source is not None and lab.source.pid is not None
@@ -259,13 +259,13 @@ def test_a_detached_queue_fails_the_run_naming_it(booted: SharedGuest, hop: Hopp
     assert all(f["answered"] > 0 for f in rec.checks["fresh_flows"])
 
 
-def reset_from_host(phase: Moment, lab: Lab) -> None:
+def reset_from_host(phase: Moment, lab: Lab, _result: object) -> None:
     if phase == "resumed":
         subprocess.run([*lab.ns.exec_prefix(), "ss", "-K", "dst", GUEST_IP, "dport", "=",
                         f":{driver.TCP_PORT}"], check=True, capture_output=True, timeout=10)
 
 
-def kill_guest_end(phase: Moment, lab: Lab) -> None:
+def kill_guest_end(phase: Moment, lab: Lab, _result: object) -> None:
     if phase == "resumed":
         assert lab.source is not None
         lab.source.run_console("kill $(pidof cat) && echo TAPMIG-KILLED-\"CAT\"",

@@ -48,7 +48,7 @@ class Sampler:
 
     rss_kib: list[int] = field(default_factory=list)
 
-    def __call__(self, phase: Moment, lab: Lab) -> None:
+    def __call__(self, phase: Moment, lab: Lab, result: object) -> None:
         if phase == "switchover":
             self.rss_kib.extend(vm_rss_kib(vm) for vm in (lab.source, lab.target) if vm)
 

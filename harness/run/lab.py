@@ -94,10 +94,10 @@ class Lab:
         if failed:
             raise failed[0]
 
-    def notify(self, moment: Moment) -> None:
-        """Every observer, in order, at this moment of the hop."""
+    def notify(self, moment: Moment, result: object = None) -> None:
+        """Every observer, in order, at this moment of the hop, with its result."""
         for observer in self.observers:
-            observer(moment, self)
+            observer(moment, self, result)
 
     @property
     def local(self) -> bool:

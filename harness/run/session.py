@@ -72,14 +72,20 @@ class Session:
                  tb: TracebackType | None) -> None:
         self._stack.close()
 
-    def boot(self, serve: Config | None = None) -> float:
+    def boot(self, serve: Config | None = None,
+             observers: Sequence[Observer[Lab]] = ()) -> float:
         """The source QEMU and its guest, answering both ways, with its echo servers
         started for the traffic `serve` asks for (the session's Config by default; a
-        guest that hops with several Configs starts them for the most any will ask);
-        seconds the guest took to boot."""
-        boot_s = steps.boot_source(self.lab)
-        self.lab.queue_baseline = guest_traffic.start_servers(
-            self.lab, self.lab.serving(), serve or self.cfg)
+        guest that hops with several Configs starts them for the most any will ask),
+        watched by these observers besides the session's; seconds the guest took to
+        boot."""
+        lab = self.lab
+        lab.observers = (*self.observers, *observers)
+        try:
+            boot_s = steps.boot_source(lab)
+        finally:
+            lab.observers = self.observers
+        lab.queue_baseline = guest_traffic.start_servers(lab, lab.serving(), serve or self.cfg)
         return boot_s
 
     def hop(self, cfg: Config | None = None,
@@ -91,7 +97,6 @@ class Session:
         lab, cfg = self.lab, cfg or self.cfg
         t0 = time.monotonic()
         self.hops += 1
-        self.clock.start()
         self._ready(cfg, observers)
         plan = steps.plan(lab, self.hops, now())
         observed: Observed | None = None
@@ -100,9 +105,10 @@ class Session:
         sampled = None
         error: BaseException | None = None
         try:
+            lab.notify("started", plan)
             observed = steps.observe(lab, plan)
             analysed = analyse.hop(plan, observed, cfg, self.setup.accel)
-            self.clock.mark("analysed")
+            lab.notify("analysed", analysed)
             judge.hop(analysed, cfg)
             verified = steps.on_target(lab, plan, self.tap0)
             judge.target(verified, cfg)
@@ -110,9 +116,9 @@ class Session:
                 judge.window(analysed, observed.resumed)
             except Inconclusive as exc:  # judged no further: the hop still counts
                 error = exc
-            self.clock.mark("verified")
+            lab.notify("verified", verified)
             sampled = footprint.sample(lab.serving().running_pid(), lab.ns)
-            self.clock.mark("sampled")
+            lab.notify("sampled", sampled)
         except (TapmigError, KeyboardInterrupt) as exc:
             error = exc
         return HopResult(plan, observed, analysed, verified, sampled, error,

@@ -55,7 +55,7 @@ def boot_source(lab: Lab, mode: Mode | None = None) -> float:
     lab.guest.bring_up(source, GUEST_CIDR, lab.cfg.boot_timeout)
     boot_s = round(time.monotonic() - boot0, 3)
     lab.log(f"source guest ready in {boot_s:.1f}s")
-    lab.notify("booted")
+    lab.notify("booted", boot_s)
     lab.guest_pings_host(source)
     lab.host_pings_guest()
     return boot_s
@@ -93,8 +93,8 @@ def observe(lab: Lab, plan: HopPlan) -> Observed:
                          if baseline is not None else None)
         migration = migrate(lab, plan)
         switch = switch_host_side(lab)
-        resumed = resume(lab, plan)
-        lab.notify("resumed")
+        resumed = resume(lab, plan, switch)
+        lab.notify("resumed", resumed)
         recovered = probes.wait_recovered(resumed.resume)
         time.sleep(cfg.tail_s)
         logs = probes.stop(recovered, source_queues)
@@ -149,8 +149,9 @@ def migrate(lab: Lab, plan: HopPlan) -> Migration:
                              status="completed")
     info = src.cmd("query-migrate")
     downtime = float(info["downtime"]) if "downtime" in info else None
-    lab.notify("migrated")
-    return Migration(downtime, sent, src_at, dst_at)
+    migration = Migration(downtime, sent, src_at, dst_at)
+    lab.notify("migrated", migration)
+    return migration
 
 
 def switch_host_side(lab: Lab) -> Switch | None:
@@ -165,11 +166,11 @@ def switch_host_side(lab: Lab) -> Switch | None:
     return Switch(start, time.time())
 
 
-def resume(lab: Lab, plan: HopPlan) -> Resumed:
+def resume(lab: Lab, plan: HopPlan, switch: Switch | None) -> Resumed:
     """`cont` on the target; the TUN files both QEMUs hold are read while both exist;
     the source quits, and the target becomes the next source."""
     src, dst = lab.pair_of_vms()
-    lab.notify("resuming")
+    lab.notify("resuming", switch)
     sent = time.time()
     dst.cmd("cont")
     resumed = event_time(dst.wait_event("RESUME", timeout=10))

@@ -23,7 +23,7 @@ def step_seconds(clock: StepClock) -> dict[str, float]:
     """settle, migrate, switch_host, cont, tail, verify, sample: as many as the hop got
     to."""
     marks = clock.marks
-    last = marks.get("start")
+    last = marks.get("started")
     out: dict[str, float] = {}
     if last is None:
         return out

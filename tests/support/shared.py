@@ -88,10 +88,10 @@ class Booted:
     def __init__(self, cfg: Config, setup: Setup, ident: str,
                  observers: Sequence[Observer[Lab]] = ()) -> None:
         self.stack = ExitStack()
-        self.session = self.stack.enter_context(Session(cfg, setup, print, observers))
+        self.session = self.stack.enter_context(Session(cfg, setup, print))
         try:
             # Its echo servers for as many flows, and a TCP echo, as any hop may ask for.
-            boot_s = self.session.boot(serve=replace(cfg, flows=MAX_FLOWS, tcp="sparse"))
+            boot_s = self.session.boot(replace(cfg, flows=MAX_FLOWS, tcp="sparse"), observers)
         except BaseException:
             self.close()
             raise
