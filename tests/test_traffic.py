@@ -234,10 +234,18 @@ def test_a_stolen_queue_fails_the_run_naming_it(hop: Hopper, tmp_path: Path) -> 
     assert stolen > 0, "the stealer read nothing: the fault never happened"
     assert rec.status == "failed" and rec.failure is not None, rec.error
     assert rec.failure["check"] == "flows", rec.error
-    broken = [d for d in rec.flow_detail if not d["recovered"]]
-    # every flow of queue 1, and only those
-    assert {d["flow"] for d in broken} == {1, 3, 5, 7}, rec.flow_detail
-    assert {d["queue"] for d in broken} == {1}, broken
+    broken = {d["flow"] for d in rec.flow_detail if not d["recovered"]}
+    # Every flow of queue 1. The same TAP (local) keeps the steering it learned from the
+    # guest's replies, so those alone; a new TAP (new-TAP) has learned nothing yet and
+    # steers a flow by its hash until the guest's reply teaches it the flow's queue, so
+    # a flow of queue 0 it first put on the stolen queue is never answered either (seen
+    # once: flows 2 and 4 besides 1, 3, 5 and 7).
+    queue_1 = {d["flow"] for d in rec.flow_detail if d["queue"] == 1}
+    assert queue_1 == {1, 3, 5, 7}, rec.flow_detail
+    if rec.mode == "local":
+        assert broken == queue_1, rec.flow_detail
+    else:
+        assert queue_1 <= broken, rec.flow_detail
     assert (tmp_path / "timeline.html").exists()  # drawn before the run failed
 
 
