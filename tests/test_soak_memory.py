@@ -97,7 +97,7 @@ def test_the_client_logger_keeps_its_nickname_but_is_not_listed(
 def default_queue(ns: Namespace) -> asyncio.Queue[Any]:
     """pyroute2's queue for messages no request waits for (pyroute2 0.9's layout)."""
     try:
-        queue: asyncio.Queue[Any] = ns.ipr.asyncore.msg_queue.queues[0]
+        queue: asyncio.Queue[Any] = ns.ipr.pyroute2.asyncore.msg_queue.queues[0]
     except AttributeError:
         pytest.skip("this pyroute2 has no asyncore message queues (it predates 0.9)")
     return queue
