@@ -737,3 +737,33 @@ def test_github_publishes_the_junit_results(github: dict[Any, Any]) -> None:
         assert written == published, name
         assert bool(written) == (name in ("lint-unit", "tapmig")), name
     assert github["permissions"]["checks"] == "write"
+
+
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def test_the_series_is_found_beside_the_clone_or_beside_its_origin(tmp_path: Path) -> None:
+    """ci/series: a scratch clone of a working copy (`git clone . /tmp/fresh`) tests the
+    series beside the working copy; where neither has it, exit 1 naming the clone's."""
+    origin = tmp_path / "work" / "repo"
+    (origin / "ci").mkdir(parents=True)
+    (origin / "ci" / "series").write_bytes((ROOT / "ci" / "series").read_bytes())
+    (origin / "ci" / "series").chmod(0o755)
+    git("init", "-q", cwd=origin)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", ".", cwd=origin)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x", cwd=origin)
+    clone = tmp_path / "scratch" / "fresh"
+    git("clone", "-q", str(origin), str(clone), cwd=tmp_path)
+
+    def series(repo: Path) -> tuple[int, str]:
+        done = subprocess.run([str(repo / "ci" / "series")], capture_output=True, text=True,
+                              timeout=60, check=False)
+        return done.returncode, done.stdout.strip()
+
+    assert series(clone) == (1, str(tmp_path / "scratch" / "shared" / "qemu"))
+    (tmp_path / "work" / "shared" / "qemu").mkdir(parents=True)
+    assert series(clone) == (0, str(tmp_path / "work" / "shared" / "qemu"))
+    (tmp_path / "scratch" / "shared" / "qemu").mkdir(parents=True)
+    assert series(clone) == (0, str(tmp_path / "scratch" / "shared" / "qemu"))
+    assert series(origin) == (0, str(tmp_path / "work" / "shared" / "qemu"))
