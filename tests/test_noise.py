@@ -27,9 +27,12 @@ from harness.analysis.noise import (
     Noise,
     calibrate,
     measure,
+    min_settle_s,
     percentile,
 )
 from harness.errors import UsageError
+from harness.probes.driver import INTERVALS
+from harness.run.chain import SETTLE_S
 from harness.run.config import EPSILON_MS
 
 DATA = Path(__file__).parent / "data" / "noise"
@@ -138,6 +141,18 @@ def test_a_short_settle_is_not_judgeable() -> None:
     assert cal.noise.icmp_replies < MIN_ICMP_REPLIES
     assert not cal.judgeable and cal.reason is not None
     assert "too few ICMP replies" in cal.reason and "longer settle time" in cal.reason
+
+
+def test_the_least_settle_time_holds_enough_replies_at_the_probers_interval() -> None:
+    """At 10 ms a chain's 0.25 s (or a run's 0.5 s) of settle time holds some 25 (50)
+    replies: every such hop would be inconclusive, so the settle time is stretched to
+    what the interval needs. The probers' own intervals need less than a chain's."""
+    assert min_settle_s(0.01) * 0.95 / 0.01 >= MIN_ICMP_REPLIES  # even at 5 % fewer replies
+    assert all(min_settle_s(i) <= SETTLE_S for i in INTERVALS.values())
+    c = load("quiet")  # a real settle time, cut to what the least one holds at 0.9 ms
+    start = min(ping.send_times(c.icmp).values())
+    cal = calibrate(measure(c.icmp, start + min_settle_s(INTERVALS["tapmig"]), c.flows), TCG)
+    assert cal.noise.icmp_replies >= MIN_ICMP_REPLIES and cal.judgeable
 
 
 def test_no_reply_in_the_settle_time_is_not_judgeable() -> None:

@@ -44,10 +44,9 @@ BASE_HOPS, SLOW_HOPS = 8, 4
 # 10 ms, about the time from STOP to RESUME here, and ICMP goes every 10 ms too. Faster
 # hides the variant: a packet read while QEMU pauses the vCPUs (runstate already
 # stopped) is flushed or purged when the VM stops, which turns the variant's reading
-# back on (qemu-variants/README.md). At ICMP's 10 ms the settle time needs over a second
-# to hold the 100 replies the host's noise is measured from, or every hop is inconclusive.
+# back on (qemu-variants/README.md).
 LOSS_TRAFFIC: dict[str, Any] = {"flows": 8, "flow_interval": 0.02, "ping_interval": 0.01,
-                                "tcp": "off", "settle_s": 1.2}
+                                "tcp": "off"}
 LOSS_HOPS = 12  # the source alternates: 6 hops from each build
 
 

@@ -52,6 +52,15 @@ MAX_EPSILON_MS = 1000.0
 MIN_ICMP_REPLIES = 100
 FIX_NOISE = "fewer CPU hogs on the host (or lower their priority), or --accel kvm"
 FIX_SAMPLES = "a longer settle time, or fewer CPU hogs on the host"
+# The settle time holds MIN_ICMP_REPLIES at the prober's interval with this much to spare.
+SETTLE_MARGIN = 1.2
+
+
+def min_settle_s(interval_s: float) -> float:
+    """The shortest settle time that can hold MIN_ICMP_REPLIES replies at one request
+    every interval_s: 0.11 s at the prober's 0.9 ms, 1.2 s at 10 ms. A shorter one makes
+    every hop inconclusive, whatever the host."""
+    return round(MIN_ICMP_REPLIES * interval_s * SETTLE_MARGIN, 3)
 
 Used = Literal["floor", "noise"]
 

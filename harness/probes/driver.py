@@ -133,6 +133,7 @@ class Pinger(ProbeProcess):
                  interval: float | None = None, prober: Prober = "tapmig") -> None:
         prober = as_prober(prober)  # from a caller without mypy, or a JSON file
         interval = interval or INTERVALS[prober]
+        self.interval = interval  # seconds between requests
         if prober == "iputils":
             argv = [*prefix, require_iputils(), "-D", "-O", "-n", "-i", f"{interval:g}", target]
         else:

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from harness.analysis import ramblock
+from harness.analysis.noise import min_settle_s
 from harness.errors import MigrationError, QEMUError, RamBlockMismatch
 from harness.host import tunfiles
 from harness.qemu.vm import VM
@@ -85,7 +86,8 @@ def observe(lab: Lab, plan: HopPlan) -> Observed:
         lab.notify("probing")
         ram_blocks = check_ram_blocks(src, start_target(lab, plan))
         first = probes.wait_answering()
-        time.sleep(max(0.0, cfg.settle_s - (time.time() - first)))
+        settle_s = max(cfg.settle_s, min_settle_s(probes.pinger.interval))
+        time.sleep(max(0.0, settle_s - (time.time() - first)))
         # The source's counters after the settle time: which queues it used since the
         # last reading (the servers' start, or the previous hop's check).
         baseline = lab.queue_baseline
