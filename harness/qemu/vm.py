@@ -6,10 +6,9 @@ the start, and _post_launch (monitor and console connected); shutdown() is soft 
 over QMP), then hard (SIGTERM, then SIGKILL), then _post_shutdown (all that was set up,
 torn down). `shutdown_how` says which way QEMU went, and this module's logger says it too.
 
-The VM knows nothing of namespaces: the caller hands it a command prefix
-(``nsenter --net=...``) and the full argument list. Every wait takes a
-timeout, and every failure carries QEMU's command line, stderr and console tail,
-because "it timed out" alone never helps anyone debug a migration.
+The VM knows nothing of namespaces: the caller hands it a command prefix (``nsenter
+--net=...``) and the full argument list. Every wait takes a timeout, and every failure
+carries QEMU's command line, stderr and console tail: "it timed out" alone never helps.
 """
 
 from __future__ import annotations
@@ -60,6 +59,11 @@ STDERR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\dT[\d:.]+Z )?(?:\S*qemu-system-\S+?
                          r"(?P<text>.*\S)?\s*$")
 
 
+def logs_of(rundir: Path, name: str) -> tuple[Path, Path]:
+    """The console log and the stderr log of the VM called `name`, which outlive it."""
+    return rundir / f"{name}-console.log", rundir / f"{name}-stderr.log"
+
+
 class VM:
     """A QEMU process under QMP control; a context manager that always reaps it."""
 
@@ -80,11 +84,9 @@ class VM:
         self.qmp_timeout = qmp_timeout
         self.qmp_path = rundir / f"{name}.qmp"
         self.console_path = rundir / f"{name}.console"
-        self.console_log = rundir / f"{name}-console.log"
-        self.stderr_log = rundir / f"{name}-stderr.log"
+        self.console_log, self.stderr_log = logs_of(rundir, name)
         self.proc: subprocess.Popen[bytes] | None = None
-        # None until shutdown() or kill() has stopped QEMU (or found it gone).
-        self.shutdown_how: ShutdownHow | None = None
+        self.shutdown_how: ShutdownHow | None = None  # set by shutdown() or kill()
         self._argv: tuple[str, ...] = ()
         self._monitor: Monitor | None = None
         self._console = Console(name, self._console_error)
@@ -391,8 +393,7 @@ class VM:
         return self.proc.pid if self.proc else None
 
     def running_pid(self) -> int:
-        """The PID of a QEMU that must still run (its files are read from /proc); a
-        QEMUError naming it if it has exited."""
+        """The PID of a QEMU that must still run (its files are read from /proc)."""
         if self.proc is None or self.proc.poll() is not None:
             raise self._error(f"{self.name}: QEMU is not running while its files are read:\n"
                               f"{self.diagnostics()}")

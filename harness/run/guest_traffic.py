@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 FRESH_SPORT, FRESH_PORTS = 48000, 16000  # the fresh flows' source ports: 48000-63999
 FRESH_COUNT = 20  # requests per fresh flow on the target
 FRESH_INTERVAL = 0.005  # 8 flows x 200 requests/s: a tenth of a second per check
+FRESH_LOG = "fresh-flows.log"  # the fresh flows' log in the run dir
 SWEEP_ROUNDS = 4  # of K fresh flows each: 4K flows spread over the queues by their hash
 # The guest pings the host (proving it can originate traffic on the target) in the
 # same console line as the queue reading, which saves a console round trip per hop.
@@ -124,7 +125,7 @@ def fresh_flows(lab: Lab, plan: HopPlan, round_: int = 0) -> str:
     k = lab.cfg.flows
     sport = FRESH_SPORT + ((plan.number * (1 + SWEEP_ROUNDS) + round_) * k) % FRESH_PORTS
     timeout = 30 + FRESH_COUNT * FRESH_INTERVAL
-    log = lab.rundir / ("fresh-flows.log" if round_ == 0 else f"all-queues-{round_}.log")
+    log = lab.rundir / (FRESH_LOG if round_ == 0 else f"all-queues-{round_}.log")
     with FlowProbe(log, lab.ns.exec_prefix(), k, FRESH_INTERVAL, first=k, sport=sport,
                    requests=FRESH_COUNT) as probe:
         try:

@@ -30,10 +30,10 @@ from typing import Any, Self
 
 from harness.errors import Inconclusive, QEMUError, TapmigError
 from harness.host.rundir import SHM_DIR
-from harness.qemu.vm import VM
+from harness.qemu.vm import VM, logs_of
 from harness.record import RunRecord
 from harness.report import timeline
-from harness.run import analyse, footprint, guest_traffic, judge, steps
+from harness.run import analyse, footprint, guest_traffic, hop_probes, judge, steps
 from harness.run.config import Config
 from harness.run.lab import Lab
 from harness.run.observer import Observer, StepClock
@@ -157,23 +157,23 @@ class Session:
         source-console.log, source-stderr.log, source.trace, the target's likewise, and
         the timeline drawn from the record; their names by stem, for the record."""
         out.mkdir(parents=True, exist_ok=True)
-        rundir = self.lab.rundir
-        if result is None:
-            names = {"source-console.log": "source-console.log",
-                     "source-stderr.log": "source-stderr.log"}
-        else:
-            plan = result.plan
-            names = {f"{stem}{plan.suffix}.log": f"{stem}.log"
-                     for stem in ("ping", "flows", "tcp")}
-            names["fresh-flows.log"] = "fresh-flows.log"
-            for role, name in zip(("source", "target"), plan.names, strict=True):
-                names |= {f"{name}-console.log": f"{role}-console.log",
-                          f"{name}-stderr.log": f"{role}-stderr.log",
-                          f"{name}.trace": f"{role}.trace"}
+        lab = self.lab
+        names: dict[Path, str] = {}  # a run dir file -> its name in out
+        roles = [("source", "source")]  # a boot that failed: the source alone
+        if result is not None:
+            names |= {hop_probes.log_path(lab, result.plan, stem): f"{stem}.log"
+                      for stem in ("ping", "flows", "tcp")}
+            names[lab.rundir / guest_traffic.FRESH_LOG] = guest_traffic.FRESH_LOG
+            roles = list(zip(("source", "target"), result.plan.names, strict=True))
+        for role, name in roles:
+            console, stderr = logs_of(lab.rundir, name)
+            names |= {console: f"{role}-console.log", stderr: f"{role}-stderr.log"}
+            if result is not None:
+                names[lab.trace_log(name)] = f"{role}.trace"
         kept = {}
-        for name, as_name in names.items():
-            if (rundir / name).is_file():
-                shutil.copyfile(rundir / name, out / f"{prefix}{as_name}")
+        for path, as_name in names.items():
+            if path.is_file():
+                shutil.copyfile(path, out / f"{prefix}{as_name}")
                 kept[Path(as_name).stem] = f"{prefix}{as_name}"
         if result is not None and result.analysed is not None and rec.stop_ts is not None:
             p = result.analysed.parsed
