@@ -39,7 +39,9 @@ from harness.qemu.variants import list_variants, plan_variants, touched_files, v
 from harness.vocabulary import Log
 from tests.support import REPO
 
-SHARED = REPO.parent / "shared" / "qemu"
+# The series ci/test builds: beside this clone or the repository it was cloned from.
+SHARED = Path(subprocess.run([str(REPO / "ci" / "series")], capture_output=True, text=True,
+                             timeout=30, check=False).stdout.strip())
 
 
 def needs(*tools: str) -> pytest.MarkDecorator:
